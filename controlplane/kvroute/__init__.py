@@ -1,0 +1,1 @@
+"""kvroute: a KV-cache-aware router for vLLM fleets."""

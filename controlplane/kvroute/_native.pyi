@@ -1,0 +1,97 @@
+# Hand-written stub of the native core (rust/py). Checked by `python -m mypy.stubtest kvroute._native`.
+from typing import Any, Final, Literal, Sequence
+
+__version__: Final[str]
+
+class KvrouteError(Exception): ...
+class MalformedRequest(KvrouteError):
+    """The request body is not a valid OpenAI request; `param` names the offending field (or None)."""
+class InvalidConfig(KvrouteError): ...
+class UnknownTicket(KvrouteError): ...
+class UnknownBackend(KvrouteError): ...
+
+Endpoint = Literal["chat", "completions", "embeddings", "responses"]
+Priority = Literal["high", "normal", "low"]
+
+class Routed:
+    """The request may go to `backend_id`; report its end with Router.release(ticket, ...)."""
+    ticket: int
+    backend_id: str
+    branch: str            # why this backend, e.g. "cost:cache_affinity", "cost:load_spread", "round_robin"
+    model: str
+    stream: bool
+    max_tokens: int | None
+    prompt_tokens: int     # estimate from the body
+    cached_tokens: int     # tokens of the prompt the core believes the backend holds
+    predicted_ttft_s: float
+
+class Rejected:
+    """Admission said no: `reason` is "shed" (tier over its limit), "no_backend" (none healthy for the model),
+    "unknown_model" (no backend serves it) or "queue_full"."""
+    reason: str
+    tier: str
+    model: str
+    retry_after_s: float
+    message: str
+
+class Queued:
+    """Held in the router's wait queue; wait until Router.release(...) lists `wait_id`, then call Router.resume."""
+    wait_id: int
+    tier: str
+    model: str
+    position: int
+
+Decision = Routed | Rejected | Queued
+
+class Router:
+    def __init__(
+        self,
+        policy: str = "cost",
+        *,
+        block_tokens: int = 16,
+        bytes_per_token: float = 4.0,
+        seed: int = 0,
+        wait_queue_size: int = 0,
+    ) -> None: ...
+    def route(
+        self,
+        body: bytes,
+        endpoint: Endpoint = "chat",
+        priority: Priority = "normal",
+        session_key: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> Routed | Rejected | Queued: ...
+    def resume(self, wait_id: int) -> Routed | Rejected | Queued: ...
+    def cancel_wait(self, wait_id: int) -> None: ...
+    def first_token(self, ticket: int, ttft_s: float) -> None: ...
+    def release(
+        self,
+        ticket: int,
+        ok: bool,
+        prompt_tokens: int = 0,
+        cached_tokens: int = 0,
+        completion_tokens: int = 0,
+        latency_s: float = 0.0,
+    ) -> list[int]: ...
+    def upsert_backend(
+        self,
+        backend_id: str,
+        *,
+        models: Sequence[str] | None = None,
+        healthy: bool | None = None,
+        draining: bool | None = None,
+        circuit_open: bool | None = None,
+        waiting: int | None = None,
+        running: int | None = None,
+        kv_usage: float | None = None,
+        num_gpu_blocks: int | None = None,
+        block_size: int | None = None,
+    ) -> None: ...
+    def reset_backend(self, backend_id: str) -> None: ...
+    def remove_backend(self, backend_id: str) -> None: ...
+    def backend_ids(self) -> list[str]: ...
+    def in_flight(self, backend_id: str) -> int: ...
+    def set_policy(self, name: str, **weights: float) -> None: ...
+    def policy(self) -> tuple[str, dict[str, float]]: ...
+    def set_admission(self, tier: Priority, *, max_queue: int | None = None, max_wait_ms: float | None = None) -> None: ...
+    def snapshot(self) -> dict[str, Any]: ...
