@@ -1,0 +1,216 @@
+"""Every knob of `kvroute serve`, with one name everywhere.
+
+A field `queue_threshold_low` is the YAML key `queue_threshold_low`, the CLI flag
+`--queue-threshold-low`, the environment variable `KVROUTE_QUEUE_THRESHOLD_LOW` and the admin API
+field `queue_threshold_low`. Precedence: defaults < YAML file < environment < CLI flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+ENV_PREFIX = "KVROUTE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or of the wrong type; the message names the key and its source."""
+
+
+@dataclass
+class Settings:
+    # Listening sockets.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    workers: int = 1
+
+    # Backends: static URLs; other discovery modes are chosen by `discovery`.
+    backend: list[str] = field(default_factory=list)
+    discovery: str = "static"  # static | file | dns | kubernetes
+    discovery_file: str = ""
+    dns_name: str = ""
+    dns_port: int = 8000
+    dns_interval: float = 5.0
+    k8s_namespace: str = "default"
+    k8s_label_selector: str = ""
+    k8s_port_name: str = ""
+
+    # Routing core.
+    policy: str = "cost"
+    block_tokens: int = 16
+    bytes_per_token: float = 4.0
+    seed: int = 0
+    wait_queue_size: int = 0
+
+    # Admission by tier: queue depth and predicted wait (ms); 0 means no limit.
+    queue_threshold_high: int = 0
+    queue_threshold_normal: int = 0
+    queue_threshold_low: int = 0
+    max_wait_ms_high: float = 0.0
+    max_wait_ms_normal: float = 0.0
+    max_wait_ms_low: float = 0.0
+
+    # Data plane.
+    max_body_size: int = 32 * 1024 * 1024
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 60.0
+    idle_timeout: float = 60.0
+    total_timeout: float = 600.0
+    retry_attempts: int = 2
+    retry_budget: float = 0.2
+    grace_period: float = 30.0
+    debug_headers: bool = False
+    forward_api_key: bool = False
+    api_key_tiers: dict[str, str] = field(default_factory=dict)
+
+    # Control plane.
+    poll_interval: float = 1.0
+    poll_timeout: float = 0.8
+    unhealthy_after: int = 3
+    healthy_after: int = 2
+    breaker_failures: int = 5
+    breaker_cooldown: float = 10.0
+
+    # Operations.
+    log_format: str = "text"  # text | json
+    log_level: str = "info"
+    admin_token: str = ""
+
+
+_HELP = {
+    "backend": "backend base URL (repeatable), e.g. http://127.0.0.1:8000",
+    "policy": "routing policy: cost, round_robin, random, least_inflight, power_of_two, least_load, prefix_hash, session",
+    "admin_token": "bearer token for the admin API (better given as KVROUTE_ADMIN_TOKEN)",
+}
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Turn a YAML/env/CLI value into the field's type, or say which key and source are wrong."""
+    kind = _field_types()[name]
+    origin = typing.get_origin(kind)
+    try:
+        if origin is list:
+            if isinstance(raw, str):
+                return [item for item in raw.split(",") if item]
+            if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+                raise TypeError("a list of strings")
+            return list(raw)
+        if origin is dict:
+            if isinstance(raw, str):
+                pairs = (item.split("=", 1) for item in raw.split(",") if item)
+                return {key: value for key, value in pairs}
+            if not isinstance(raw, dict):
+                raise TypeError("a mapping")
+            return {str(key): str(value) for key, value in raw.items()}
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return raw.lower() in ("1", "true", "yes", "on")
+            raise TypeError("a boolean")
+        if kind is int:
+            if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+                raise TypeError("an integer")
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise TypeError("a number")
+            return float(raw)
+        if kind is str:
+            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+                raise TypeError("a string")
+            return str(raw)
+    except (TypeError, ValueError) as exc:
+        expected = exc.args[0] if isinstance(exc, TypeError) else f"a value of type {kind.__name__}"
+        raise ConfigError(f"{source}: key {name!r} must be {expected}, got {raw!r}") from None
+    raise ConfigError(f"{source}: key {name!r} has an unsupported type")
+
+
+def from_mapping(values: Mapping[str, Any], source: str, base: Settings | None = None) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    settings = dataclasses.replace(base) if base else Settings()
+    for key, raw in values.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r}")
+        setattr(settings, key, _coerce(key, raw, source))
+    return settings
+
+
+def from_yaml(path: str | Path, base: Settings | None = None) -> Settings:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return from_mapping(loaded, str(path), base)
+
+
+def from_env(environ: Mapping[str, str], base: Settings) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values = {}
+    for key, raw in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower()
+            if name in known:
+                values[name] = raw
+    return from_mapping(values, "environment", base)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; defaults are None so that only given flags override."""
+    parser.add_argument("--config", help="YAML configuration file")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_types()[f.name]
+        help_text = _HELP.get(f.name, f"(env {ENV_PREFIX}{f.name.upper()})")
+        if typing.get_origin(kind) is list:
+            parser.add_argument(flag, action="append", default=None, help=help_text)
+        elif kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    settings = Settings()
+    if getattr(args, "config", None):
+        settings = from_yaml(args.config, settings)
+    settings = from_env(os.environ if environ is None else environ, settings)
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Settings)
+        if getattr(args, f.name, None) is not None
+    }
+    return from_mapping(given, "command line", settings)
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """Plain values for the admin API; the admin token never leaves the process."""
+    values = dataclasses.asdict(settings)
+    values["admin_token"] = "***" if settings.admin_token else ""
+    return values
+
+
+def parse_settings(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="kvroute serve")
+    add_arguments(parser)
+    return load(parser.parse_args(list(argv)))
+
+
+__all__ = ["ConfigError", "Settings", "add_arguments", "load", "from_yaml", "from_mapping", "as_dict", "parse_settings"]

@@ -1,0 +1,1 @@
+"""The control plane: discovery, metrics polling, health and circuit breaking."""
