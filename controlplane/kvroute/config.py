@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -37,12 +38,13 @@ class Settings:
     backend: list[str] = field(default_factory=list)
     discovery: str = "static"  # static | file | dns | kubernetes
     discovery_file: str = ""
+    discovery_interval: float = 2.0  # how often the file is checked and the DNS name resolved
     dns_name: str = ""
-    dns_port: int = 8000
-    dns_interval: float = 5.0
+    dns_port: int = 8000  # port of DNS-discovered backends (and of EndpointSlices that list none)
     k8s_namespace: str = "default"
     k8s_label_selector: str = ""
     k8s_port_name: str = ""
+    k8s_api_server: str = ""  # empty: in-cluster config, else ~/.kube/config; a URL: no credentials
 
     # Routing core.
     policy: str = "cost"
@@ -88,6 +90,7 @@ class Settings:
 
 _HELP = {
     "backend": "backend base URL (repeatable), e.g. http://127.0.0.1:8000",
+    "discovery": "where backends come from besides --backend: static, file, dns, kubernetes",
     "policy": "routing policy: cost, round_robin, random, least_inflight, power_of_two, least_load, prefix_hash, session",
     "admin_token": "bearer token for the admin API (better given as KVROUTE_ADMIN_TOKEN)",
 }
@@ -139,13 +142,61 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     raise ConfigError(f"{source}: key {name!r} has an unsupported type")
 
 
+# Values a key may take, checked where the value is read so that the error names its source.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "discovery": ("static", "file", "dns", "kubernetes"),
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error", "critical"),
+}
+POSITIVE = frozenset({
+    "discovery_interval", "poll_interval", "poll_timeout", "unhealthy_after", "healthy_after",
+    "breaker_failures", "block_tokens", "bytes_per_token", "workers", "max_body_size",
+})
+NON_NEGATIVE = frozenset({
+    "breaker_cooldown", "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
+    "retry_attempts", "retry_budget", "grace_period", "wait_queue_size",
+    "queue_threshold_high", "queue_threshold_normal", "queue_threshold_low",
+    "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
+})
+PORTS = frozenset({"port", "admin_port", "dns_port"})
+
+
+def _check(name: str, value: Any, source: str) -> None:
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"{source}: key {name!r} must be one of {', '.join(CHOICES[name])}; got {value!r}")
+    if name in POSITIVE and value <= 0:
+        raise ConfigError(f"{source}: key {name!r} must be greater than 0; got {value!r}")
+    if name in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{source}: key {name!r} must not be negative; got {value!r}")
+    if name in PORTS and not 0 <= value <= 65535:
+        raise ConfigError(f"{source}: key {name!r} must be a port number (0-65535); got {value!r}")
+
+
+def validate(settings: Settings) -> Settings:
+    """Checks that involve several keys, once every source has been applied."""
+    required = {"file": "discovery_file", "dns": "dns_name"}
+    needed = required.get(settings.discovery)
+    if needed and not getattr(settings, needed):
+        raise ConfigError(f"configuration: discovery is {settings.discovery!r} but key {needed!r} is empty")
+    if settings.poll_timeout > settings.poll_interval:
+        raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
+                          f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")
+    return settings
+
+
 def from_mapping(values: Mapping[str, Any], source: str, base: Settings | None = None) -> Settings:
     known = {f.name for f in dataclasses.fields(Settings)}
     settings = dataclasses.replace(base) if base else Settings()
     for key, raw in values.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r}")
-        setattr(settings, key, _coerce(key, raw, source))
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        value = _coerce(key, raw, source)
+        if key == "log_level":
+            value = value.lower()
+        _check(key, value, source)
+        setattr(settings, key, value)
     return settings
 
 
@@ -197,7 +248,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         for f in dataclasses.fields(Settings)
         if getattr(args, f.name, None) is not None
     }
-    return from_mapping(given, "command line", settings)
+    return validate(from_mapping(given, "command line", settings))
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
@@ -213,4 +264,5 @@ def parse_settings(argv: Sequence[str]) -> Settings:
     return load(parser.parse_args(list(argv)))
 
 
-__all__ = ["ConfigError", "Settings", "add_arguments", "load", "from_yaml", "from_mapping", "as_dict", "parse_settings"]
+__all__ = ["ConfigError", "Settings", "add_arguments", "load", "from_yaml", "from_mapping", "as_dict", "parse_settings",
+           "validate"]

@@ -1,20 +1,98 @@
-"""Runs the control plane's loops for a gateway: discovery now; polling and health join here."""
+"""Runs the control plane's loops for a gateway: discovery, metrics/health polling, circuit cool-downs.
+
+Owns the one HTTP client the process uses for polling (opened in start, closed in stop) and every
+background task it starts, so stop() leaves nothing running.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Coroutine
+
+import httpx
+
+from kvroute.control import discovery
+from kvroute.control.fleet import Backend
+from kvroute.control.poller import Poller
 
 if TYPE_CHECKING:
     from kvroute.gateway import Gateway
+
+log = logging.getLogger("kvroute.control")
 
 
 class ControlPlane:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.client: httpx.AsyncClient | None = None
+        self.poller: Poller | None = None
+        self.source: discovery.Discovery | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("control task %s died", task.get_name(), exc_info=task.exception())
+
+    def _probe_soon(self, backend: Backend) -> None:
+        """Poll a newly discovered backend now rather than at the next round, so it serves sooner."""
+        if self.poller is not None:
+            self._spawn(self.poller.poll_backend(backend), f"probe {backend.id}")
 
     async def start(self) -> None:
-        for url in self.gateway.settings.backend:
-            self.gateway.fleet.add(url, source="static")
+        settings = self.gateway.settings
+        fleet = self.gateway.fleet
+        self.client = httpx.AsyncClient(
+            timeout=settings.poll_timeout,
+            limits=httpx.Limits(max_keepalive_connections=256, max_connections=512),
+        )
+        self.poller = Poller(fleet, self.client, settings, errors=getattr(self.gateway, "observer", None))
+        discovery.Reconciler(fleet, "static").apply(
+            {target.url: target for target in (discovery.Target(url.rstrip("/")) for url in settings.backend)})
+        self.source = discovery.from_settings(settings)
+        if self.source is not None:
+            first = asyncio.Event()
+            reconciler = discovery.Reconciler(fleet, self.source.source, on_added=self._probe_soon)
+
+            def apply(targets: discovery.Targets) -> None:
+                reconciler.apply(targets)
+                first.set()
+
+            self._spawn(self.source.run(apply), f"discovery {self.source.source}")
+            # Give the source one poll interval to deliver its first set, so the first poll sees it;
+            # an unreachable source must not hold the router's start-up longer than that.
+            try:
+                async with asyncio.timeout(settings.poll_interval):
+                    await first.wait()
+            except TimeoutError:
+                log.warning("%s discovery has not answered yet; starting without it", self.source.source)
+        await self.poller.poll_once()
+        self._spawn(self._poll_forever(), "poller")
+
+    async def _poll_forever(self) -> None:
+        assert self.poller is not None
+        await asyncio.sleep(self.poller.interval)
+        await self.poller.run()
+
+    async def add_backend(self, url: str, source: str = "admin") -> Backend:
+        """Add a backend and poll it once before returning, so the caller sees its real state."""
+        backend = self.gateway.fleet.add(url, source=source, healthy=None)
+        if self.poller is not None:
+            await self.poller.poll_backend(backend)
+        return backend
 
     async def stop(self) -> None:
-        pass
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None

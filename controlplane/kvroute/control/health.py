@@ -1,0 +1,108 @@
+"""Pure state machines for a backend's health: poll-based liveness and the passive circuit breaker.
+
+Both take outcomes and an injected clock and say whether their routable state changed, so the fleet
+pushes into the core only on a change and tests drive them without sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Callable
+
+Clock = Callable[[], float]
+
+
+class Liveness:
+    """K consecutive failed polls make a backend unhealthy; M consecutive good ones bring it back.
+
+    A single failure only marks the data stale: one lost scrape should not move traffic. A backend
+    never polled yet (`healthy=None`) is decided by its first poll: it has no good record to protect.
+    """
+
+    def __init__(self, unhealthy_after: int, healthy_after: int, *, healthy: bool | None = True) -> None:
+        self.unhealthy_after = max(1, unhealthy_after)
+        self.healthy_after = max(1, healthy_after)
+        self.known = healthy is not None
+        self.healthy = bool(healthy)
+        self.stale = False
+        self.failures = 0
+        self.successes = 0
+
+    def record(self, ok: bool) -> bool:
+        """Feed one poll outcome; True when `healthy` flipped."""
+        before = self.healthy
+        if ok:
+            self.stale = False
+            self.failures = 0
+            self.successes += 1
+            if not self.healthy and (self.successes >= self.healthy_after or not self.known):
+                self.healthy = True
+        else:
+            self.stale = True
+            self.successes = 0
+            self.failures += 1
+            if self.healthy and self.failures >= self.unhealthy_after:
+                self.healthy = False
+        self.known = True
+        return self.healthy != before
+
+
+class CircuitState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Passive outlier ejection from request outcomes (consecutive failures, like Envoy's consecutive_5xx).
+
+    closed --N consecutive failures--> open --cool-down--> half_open --success--> closed
+                                                            half_open --failure--> open (cool-down again)
+    In half_open the core routes to the backend again; the first outcome reported decides.
+    """
+
+    def __init__(self, failures: int, cooldown: float, clock: Clock = time.monotonic) -> None:
+        self.threshold = max(1, failures)
+        self.cooldown = cooldown
+        self.clock = clock
+        self.state = CircuitState.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self.trips = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is CircuitState.OPEN
+
+    def _open(self) -> None:
+        self.state = CircuitState.OPEN
+        self.opened_at = self.clock()
+        self.trips += 1
+
+    def record(self, ok: bool) -> bool:
+        """Feed one request outcome; True when `is_open` flipped."""
+        before = self.is_open
+        if ok:
+            self.failures = 0
+            if self.state is CircuitState.HALF_OPEN:
+                self.state = CircuitState.CLOSED
+        elif self.state is CircuitState.HALF_OPEN:
+            self._open()
+        elif self.state is CircuitState.CLOSED:
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self._open()
+        # Outcomes of requests that were already in flight when the circuit opened change nothing.
+        return self.is_open != before
+
+    def tick(self) -> bool:
+        """Let time pass: open becomes half_open after the cool-down. True when `is_open` flipped."""
+        if self.state is CircuitState.OPEN and self.clock() - self.opened_at >= self.cooldown:
+            self.state = CircuitState.HALF_OPEN
+            self.failures = 0
+            return True
+        return False
+
+
+__all__ = ["CircuitBreaker", "CircuitState", "Clock", "Liveness"]

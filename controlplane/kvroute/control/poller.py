@@ -1,0 +1,141 @@
+"""Polls every backend's /metrics, /health and (when needed) /v1/models, and pushes the result into the core.
+
+All backends are polled concurrently, each bounded by `poll_timeout`, so one hung backend delays
+nothing but its own data. One poll round is a pass/fail per backend for `Liveness`: the metrics page
+must parse and /health must answer 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from kvroute.control.fleet import Backend, Fleet
+from kvroute.control.metrics import MetricsParseError, counters_reset, parse_metrics
+
+if TYPE_CHECKING:
+    from kvroute.config import Settings
+
+log = logging.getLogger("kvroute.control.poller")
+
+# Served models rarely change; re-read them now and then, and whenever a backend comes back.
+MODELS_REFRESH_ROUNDS = 30
+
+
+class PollErrorSink(Protocol):
+    def poll_error(self, backend: str, kind: str) -> None: ...
+
+
+class PollFailed(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def parse_models(payload: Any) -> list[str]:
+    """OpenAI's model list, `{"data": [{"id": ...}, ...]}`, to the model names."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ValueError("not an OpenAI model list")
+    return [item["id"] for item in payload["data"] if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+class Poller:
+    def __init__(self, fleet: Fleet, client: httpx.AsyncClient, settings: Settings,
+                 errors: PollErrorSink | None = None) -> None:
+        self.fleet = fleet
+        self.client = client
+        self.interval = settings.poll_interval
+        self.timeout = settings.poll_timeout
+        self.errors = errors
+        self.rounds = 0
+
+    async def _get(self, url: str) -> httpx.Response:
+        try:
+            response = await self.client.get(url, timeout=self.timeout)
+        except httpx.TimeoutException as exc:
+            raise PollFailed("timeout", repr(exc)) from None
+        except httpx.HTTPError as exc:
+            raise PollFailed("connect", repr(exc)) from None
+        if response.status_code >= 400:
+            raise PollFailed("http_status", f"{url} answered {response.status_code}")
+        return response
+
+    async def _refresh_models(self, backend: Backend) -> None:
+        response = await self._get(backend.url + "/v1/models")
+        try:
+            models = parse_models(response.json())
+        except ValueError as exc:
+            raise PollFailed("parse", f"/v1/models: {exc}") from None
+        backend.models = models
+        backend.models_known = True
+
+    async def _poll(self, backend: Backend) -> None:
+        # /health and /metrics in parallel: together they cost one round trip, not two.
+        health, page = await asyncio.gather(
+            self._get(backend.url + "/health"), self._get(backend.url + "/metrics"))
+        del health
+        try:
+            metrics = parse_metrics(page.text)
+        except MetricsParseError as exc:
+            raise PollFailed("parse", str(exc)) from None
+        # A page that answers but no longer moves (a wedged exporter, a caching proxy in front) is as
+        # useless as no page. An idle server's page may legitimately stand still, so it only counts
+        # when the router had requests in flight there at both polls: a working engine changes its
+        # token counters and histograms every step.
+        digest = hash(page.text)
+        busy = self.fleet.router.in_flight(backend.id) > 0
+        frozen = digest == backend.page_digest and busy and backend.busy_at_last_poll
+        backend.page_digest, backend.busy_at_last_poll = digest, busy
+        if frozen:
+            raise PollFailed("stale", "metrics page unchanged while requests are in flight")
+        if counters_reset(backend.metrics, metrics):
+            log.info("backend %s restarted (counters went back); clearing its prefix index", backend.id)
+            self.fleet.router.reset_backend(backend.id)
+        backend.metrics = metrics
+        if not backend.models_known or not backend.healthy or self.rounds % MODELS_REFRESH_ROUNDS == 0:
+            await self._refresh_models(backend)
+
+    async def poll_backend(self, backend: Backend) -> bool:
+        """Poll one backend, record the outcome, push on change; True when the poll succeeded."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._poll(backend)
+        except (PollFailed, TimeoutError) as exc:
+            kind = exc.kind if isinstance(exc, PollFailed) else "timeout"
+            backend.last_error = str(exc) or kind
+            if self.errors is not None:
+                self.errors.poll_error(backend.id, kind)
+            if backend.liveness.record(False):
+                log.warning("backend %s unhealthy after %d failed polls: %s",
+                            backend.id, backend.liveness.failures, backend.last_error)
+            ok = False
+        else:
+            backend.last_error = ""
+            backend.last_poll_ok = self.fleet.clock()
+            if backend.liveness.record(True):
+                log.info("backend %s healthy again", backend.id)
+            ok = True
+        if self.fleet.get(backend.id) is backend:  # removed while we were waiting on it: nothing to push
+            self.fleet.push(backend)
+        return ok
+
+    async def poll_once(self) -> None:
+        backends = self.fleet.all()
+        if backends:
+            await asyncio.gather(*(self.poll_backend(backend) for backend in backends))
+        self.rounds += 1
+        self.fleet.tick()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # a bug in one round must not stop polling for good
+                log.exception("poll round failed")
+            await asyncio.sleep(self.interval)
+
+
+__all__ = ["Poller", "PollErrorSink", "PollFailed", "parse_models"]

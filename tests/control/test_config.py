@@ -1,0 +1,62 @@
+"""Settings: one name per knob across YAML, env and CLI; errors name the key and where it came from."""
+
+import argparse
+
+import pytest
+
+from kvroute.config import ConfigError, Settings, add_arguments, load
+
+
+def _load(argv, environ=None):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load(parser.parse_args(argv), environ or {})
+
+
+def test_precedence_yaml_env_cli(tmp_path):
+    path = tmp_path / "kvroute.yaml"
+    path.write_text("poll_interval: 2.5\npoll_timeout: 1\nbreaker_failures: 7\nbackend: [http://a:1]\n")
+    settings = _load(["--config", str(path), "--breaker-failures", "9"], {"KVROUTE_POLL_INTERVAL": "3"})
+    assert settings.poll_interval == 3.0
+    assert settings.breaker_failures == 9
+    assert settings.backend == ["http://a:1"]
+    assert settings.poll_timeout == 1.0
+
+
+@pytest.mark.parametrize("text, words", [
+    ("pol_interval: 1\n", ["kvroute.yaml", "'pol_interval'", "did you mean 'poll_interval'"]),
+    ("poll_interval: fast\n", ["kvroute.yaml", "'poll_interval'"]),
+    ("breaker_failures: [1]\n", ["kvroute.yaml", "'breaker_failures'", "an integer"]),
+    ("discovery: consul\n", ["kvroute.yaml", "'discovery'", "static, file, dns, kubernetes"]),
+    ("poll_interval: 0\n", ["kvroute.yaml", "'poll_interval'", "greater than 0"]),
+    ("admin_port: 70000\n", ["kvroute.yaml", "'admin_port'", "port"]),
+    ("- just\n- a list\n", ["kvroute.yaml", "mapping"]),
+    ("a: [unclosed\n", ["kvroute.yaml", "cannot read"]),
+])
+def test_yaml_errors_name_key_and_file(tmp_path, text, words):
+    path = tmp_path / "kvroute.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        _load(["--config", str(path)])
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_env_and_cli_errors_name_their_source():
+    with pytest.raises(ConfigError, match=r"^environment: key 'healthy_after'"):
+        _load([], {"KVROUTE_HEALTHY_AFTER": "two"})
+    with pytest.raises(ConfigError, match=r"^command line: key 'log_format'"):
+        _load(["--log-format", "xml"])
+
+
+def test_cross_key_checks():
+    with pytest.raises(ConfigError, match="'discovery_file'"):
+        _load(["--discovery", "file"])
+    with pytest.raises(ConfigError, match="'dns_name'"):
+        _load(["--discovery", "dns"])
+    with pytest.raises(ConfigError, match="'poll_timeout'"):
+        _load(["--poll-interval", "0.5", "--poll-timeout", "2"])
+
+
+def test_defaults_are_valid():
+    assert _load([]) == Settings()
