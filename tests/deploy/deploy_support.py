@@ -1,0 +1,48 @@
+"""Shared readers for the deployment artefacts (a plain module, not conftest.py: several test folders
+have a conftest and `import conftest` would pick whichever was loaded first). Static checks only."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from kvroute.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+KUBE = DEPLOY / "kubernetes"
+SETTINGS_KEYS = frozenset(f.name for f in dataclasses.fields(Settings))
+
+
+def yaml_documents(path: Path) -> list[dict[str, Any]]:
+    """Every non-empty document of a (multi-document) YAML file."""
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def manifest_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """Plain Kubernetes manifests; kustomization files are build instructions, not objects."""
+    found = folder.rglob("*.yaml") if recursive else folder.glob("*.yaml")
+    return sorted(p for p in found if p.name != "kustomization.yaml")
+
+
+def objects(folder: Path, recursive: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> manifest, for one folder of manifests that are applied together."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in manifest_files(folder, recursive):
+        for doc in yaml_documents(path):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in found, f"{path}: {key} defined twice"
+            found[key] = doc
+    return found
+
+
+def containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from workload["spec"]["template"]["spec"]["containers"]
+
+
+def env_var_settings_key(name: str) -> str | None:
+    """KVROUTE_QUEUE_THRESHOLD_LOW -> queue_threshold_low; None for other variables."""
+    return name[len("KVROUTE_"):].lower() if name.startswith("KVROUTE_") else None

@@ -1,0 +1,182 @@
+"""deploy/kubernetes: the gateway's manifests and the vLLM backend example agree with each other, with
+Kubernetes' own schemas and with kvroute's Settings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy_support import (
+    DEPLOY, KUBE, SETTINGS_KEYS, containers, env_var_settings_key, manifest_files, objects, yaml_documents,
+)
+from kvroute.config import from_mapping
+
+# The oldest Kubernetes minor the manifests promise to work on (EKS and GKE both still offer it), and
+# the newest schema the validator ships.
+K8S_VERSIONS = ("1.30.0", "1.37.0")
+ALL_MANIFESTS = manifest_files(DEPLOY / "kubernetes") + manifest_files(DEPLOY / "local")
+
+
+@pytest.fixture(scope="module")
+def gateway() -> dict[tuple[str, str], dict[str, Any]]:
+    return objects(KUBE)
+
+
+@pytest.fixture(scope="module")
+def backends() -> dict[tuple[str, str], dict[str, Any]]:
+    return objects(KUBE / "vllm")
+
+
+@pytest.fixture(scope="module")
+def config(gateway: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    loaded = yaml.safe_load(gateway["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"])
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _gateway_container(gateway: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    (container,) = containers(gateway["Deployment", "kvroute"])
+    return container
+
+
+@pytest.mark.parametrize("path", ALL_MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_parses_with_identity(path):
+    docs = yaml_documents(path)
+    assert docs, f"{path} holds no object"
+    for doc in docs:
+        assert doc.get("apiVersion") and doc.get("kind"), path
+        assert doc.get("metadata", {}).get("name"), path
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", ALL_MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_matches_kubernetes_schema(path, version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in yaml_documents(path):
+        # strict: an unknown field (a typo such as `readinesProbe`) is an error, not silently dropped.
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_configmap_keys_are_settings(config):
+    settings = from_mapping(config, "deploy/kubernetes/configmap.yaml")
+    # Secrets and per-pod facts come from the environment, never from a ConfigMap.
+    assert "admin_token" not in config
+    assert "k8s_namespace" not in config
+    assert settings.discovery == "kubernetes"
+
+
+def test_discovery_finds_the_vllm_service(config, backends):
+    service = backends["Service", "vllm"]
+    # The EndpointSlice controller labels every slice with its Service's name; that is the selector.
+    assert config["k8s_label_selector"] == f"kubernetes.io/service-name={service['metadata']['name']}"
+    assert config["k8s_port_name"] in {port["name"] for port in service["spec"]["ports"]}
+    # The commented-out dns alternative must name the same Service and port.
+    text = (KUBE / "configmap.yaml").read_text()
+    assert f"dns_name: {service['metadata']['name']}.kvroute.svc.cluster.local" in text
+    assert f"dns_port: {service['spec']['ports'][0]['port']}" in text
+
+
+def test_gateway_ports_and_probes(gateway, config):
+    settings = from_mapping(config, "configmap")
+    container = _gateway_container(gateway)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": settings.port, "admin": settings.admin_port}
+    # Liveness is the process, readiness is "can route": both live on the main port.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["args"][:3] == ["serve", "--config", "/etc/kvroute/kvroute.yaml"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["config"] == "/etc/kvroute"
+
+
+def test_termination_grace_covers_the_drain(gateway, config):
+    settings = from_mapping(config, "configmap")
+    pod = gateway["Deployment", "kvroute"]["spec"]["template"]["spec"]
+    pre_stop = _gateway_container(gateway)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    # SIGKILL must not arrive before the drain (grace_period) that starts after the preStop sleep ends.
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + settings.grace_period
+
+
+def test_admin_token_comes_from_a_secret(gateway):
+    env = {item["name"]: item for item in _gateway_container(gateway)["env"]}
+    ref = env["KVROUTE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "kvroute-admin", "key": "admin-token"}
+    assert env["KVROUTE_K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_kvroute_env_vars_are_settings_keys(gateway):
+    for item in _gateway_container(gateway)["env"]:
+        key = env_var_settings_key(item["name"])
+        assert key is None or key in SETTINGS_KEYS, f"{item['name']} names no Settings field"
+
+
+def test_rbac_lets_the_service_account_watch_endpointslices(gateway):
+    pod = gateway["Deployment", "kvroute"]["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    assert ("ServiceAccount", account) in gateway
+    binding = gateway["RoleBinding", "kvroute-discovery"]
+    assert {"kind": "ServiceAccount", "name": account} == {
+        k: v for k, v in binding["subjects"][0].items() if k in ("kind", "name")}
+    role = gateway[binding["roleRef"]["kind"], binding["roleRef"]["name"]]
+    granted = [r for r in role["rules"]
+               if "discovery.k8s.io" in r["apiGroups"] and "endpointslices" in r["resources"]]
+    assert granted and {"get", "list", "watch"} <= set(granted[0]["verbs"])
+
+
+@pytest.mark.parametrize("folder", [KUBE, KUBE / "vllm", DEPLOY / "local"], ids=lambda p: p.name)
+def test_services_select_pods_and_named_ports(folder):
+    found = objects(folder)
+    workloads = [doc for (kind, _), doc in found.items() if kind == "Deployment"]
+    for (kind, name), service in found.items():
+        if kind != "Service":
+            continue
+        selector = service["spec"]["selector"]
+        matches = [w for w in workloads
+                   if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert matches, f"Service {name} selects no pod in {folder.name}"
+        port_names = {p["name"] for w in matches for c in containers(w) for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, f"Service {name}: no container port {port['targetPort']}"
+
+
+def test_deployment_selectors_match_their_templates():
+    for path in ALL_MANIFESTS:
+        for doc in yaml_documents(path):
+            if doc["kind"] == "Deployment":
+                labels = doc["spec"]["template"]["metadata"]["labels"]
+                assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), path
+
+
+def test_vllm_example_is_a_gpu_prefix_caching_backend(backends):
+    service = backends["Service", "vllm"]
+    # Headless: the gateway, not kube-proxy, picks the pod.
+    assert service["spec"]["clusterIP"] == "None"
+    (container,) = containers(backends["Deployment", "vllm"])
+    assert "--enable-prefix-caching" in container["args"]
+    resources = container["resources"]
+    assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
+    port = service["spec"]["ports"][0]
+    assert f"--port={port['port']}" in container["args"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its built-in kustomize) not installed")
+@pytest.mark.parametrize("folder", [KUBE, KUBE / "vllm"], ids=lambda p: p.name)
+def test_kustomize_build_puts_everything_in_one_namespace(folder):
+    # `kubectl kustomize` renders locally: no cluster, no network.
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], check=True, capture_output=True, text=True,
+                         timeout=60).stdout
+    namespace = yaml.safe_load((folder / "kustomization.yaml").read_text())["namespace"]
+    rendered = [doc for doc in yaml.safe_load_all(out) if doc]
+    assert len(rendered) == sum(len(yaml_documents(p)) for p in manifest_files(folder, recursive=False))
+    for doc in rendered:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+        for subject in doc.get("subjects", []):
+            assert subject["namespace"] == namespace
