@@ -1,0 +1,77 @@
+"""`kvroute sim`: serve N simulated vLLM instances on consecutive ports until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from .fleet import SimFleet
+from .profiles import BUILTIN
+from .server import FAULT_MODES
+
+
+def build_parser(prog: str = "kvroute sim") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Simulated vLLM fleet (OpenAI API, /metrics, faults).")
+    p.add_argument("--instances", type=int, default=1, help="number of vLLM servers (default 1)")
+    p.add_argument("--base-port", type=int, default=8000, help="first port; instance i listens on base+i (0: pick free ports)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--model", action="append", default=None, help="served model name (repeatable; default sim-model)")
+    p.add_argument("--profile", default="qwen2.5-1.5b-l4", help=f"built-in ({', '.join(BUILTIN)}) or a YAML file")
+    p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--per-token-delay", type=float, default=None,
+                   help="every engine step takes exactly this many simulated seconds (overrides the profile's timing)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, help="a tokenizers JSON file (default: built-in ~4 bytes/token)")
+    p.add_argument("--default-max-tokens", type=int, default=128,
+                   help="answer length when a request sets no max_tokens (finish_reason stop)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="like vLLM's --no-enable-prefix-caching")
+    for flag, typ in (("block-size", int), ("num-gpu-blocks", int), ("max-num-seqs", int),
+                      ("max-num-batched-tokens", int), ("max-model-len", int)):
+        p.add_argument(f"--{flag}", type=typ, default=None, help="override the profile")
+    p.add_argument("--fault", action="append", default=[], metavar="I:MODE[:VALUE]",
+                   help=f"fault at start on instance I (modes: {', '.join(FAULT_MODES)})")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in ("block_size", "num_gpu_blocks", "max_num_seqs",
+                                               "max_num_batched_tokens", "max_model_len")}
+    fleet = SimFleet(instances=args.instances, base_port=args.base_port, profile=args.profile,
+                     model=args.model or ["sim-model"], time_scale=args.time_scale,
+                     per_token_delay=args.per_token_delay, seed=args.seed, host=args.host,
+                     tokenizer=args.tokenizer, default_max_tokens=args.default_max_tokens,
+                     enable_prefix_caching=not args.no_prefix_caching,
+                     **{k: v for k, v in overrides.items() if v is not None})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with fleet:
+        for spec in args.fault:
+            parts = spec.split(":")
+            await fleet.set_fault(int(parts[0]), parts[1], float(parts[2]) if len(parts) > 2 else None)
+        prof = fleet.profile
+        print(json.dumps({"profile": prof.name, "num_gpu_blocks": prof.kv_blocks(), "block_size": prof.block_size,
+                          "max_num_seqs": prof.max_num_seqs, "max_num_batched_tokens": prof.max_num_batched_tokens,
+                          "time_scale": args.time_scale, "urls": fleet.urls}), flush=True)
+        await stop.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.instances < 1:
+        print("--instances must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(args))
+    except ImportError:  # pragma: no cover
+        return asyncio.run(_serve(args))
+    except (ValueError, OSError) as e:
+        print(f"kvroute sim: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,120 @@
+"""Paged KV cache with prefix caching, after vLLM V1's BlockPool and KVCacheManager.
+
+Blocks hold `block_size` tokens. A full block is identified by a hash chained on its parent's
+hash and its token ids, so equal hashes mean equal prefixes. Blocks no running request uses
+stay cached in a free queue ordered least recently used first; allocating a block takes the
+queue's head and forgets whatever it cached. A request's blocks are freed tail first, so the
+end of a prompt is evicted before its (more widely shared) beginning, as in vLLM.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable
+
+
+class Block:
+    __slots__ = ("id", "ref", "hash")
+
+    def __init__(self, block_id: int) -> None:
+        self.id = block_id
+        self.ref = 0
+        self.hash: int | None = None
+
+
+def chain_hashes(parent: int | None, tokens: list[int], block_size: int, start_block: int, out: list[int]) -> None:
+    """Append the hashes of full blocks from `start_block` on to `out` (tuple hashing of ints is
+    deterministic across processes, unlike str hashing)."""
+    n_full = len(tokens) // block_size
+    h = parent if parent is not None else (out[-1] if out else 0x5EED)
+    for b in range(start_block, n_full):
+        h = hash((h, tuple(tokens[b * block_size : (b + 1) * block_size])))
+        out.append(h)
+
+
+class KVCache:
+    def __init__(self, num_gpu_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        if num_gpu_blocks < 2:
+            raise ValueError("num_gpu_blocks must be at least 2")
+        self.block_size = block_size
+        self.num_gpu_blocks = num_gpu_blocks
+        self.enable_prefix_caching = enable_prefix_caching
+        # Block 0 is vLLM's null block: never allocated, so capacity is num_gpu_blocks - 1.
+        self.blocks = [Block(i) for i in range(num_gpu_blocks)]
+        self.free: OrderedDict[int, Block] = OrderedDict((b.id, b) for b in self.blocks[1:])
+        self.cached: dict[int, Block] = {}
+        self.evictions = 0
+
+    @property
+    def usable_blocks(self) -> int:
+        return self.num_gpu_blocks - 1
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def usage(self) -> float:
+        # Like vLLM: cached blocks nobody references count as free.
+        return 1.0 - len(self.free) / self.usable_blocks
+
+    def lookup(self, hashes: Iterable[int]) -> list[Block]:
+        """The longest run of cached blocks matching `hashes` from the start."""
+        hits: list[Block] = []
+        if not self.enable_prefix_caching:
+            return hits
+        cached = self.cached
+        for h in hashes:
+            b = cached.get(h)
+            if b is None:
+                break
+            hits.append(b)
+        return hits
+
+    def allocate(self, owned: list[Block], hits: list[Block], num_tokens: int) -> bool:
+        """Grow `owned` (a request's block table) so it covers `num_tokens` tokens, first with the
+        cache `hits` (only when `owned` is empty) then with fresh blocks. All or nothing."""
+        need = -(-num_tokens // self.block_size) - len(owned) - len(hits)
+        # Hits sitting unreferenced in the free queue stop being allocatable once touched.
+        touched_free = sum(1 for b in hits if b.ref == 0)
+        if need > len(self.free) - touched_free:
+            return False
+        free = self.free
+        for b in hits:
+            if b.ref == 0:
+                del free[b.id]
+            b.ref += 1
+        owned.extend(hits)
+        for _ in range(max(0, need)):
+            _, b = free.popitem(last=False)
+            if b.hash is not None:
+                if self.cached.get(b.hash) is b:
+                    del self.cached[b.hash]
+                    self.evictions += 1
+                b.hash = None
+            b.ref = 1
+            owned.append(b)
+        return True
+
+    def cache_blocks(self, owned: list[Block], hashes: list[int], start: int, end: int) -> None:
+        """Register blocks [start, end) of a request as cached under their hashes. A hash already
+        cached by another block keeps the older one (vLLM keeps both; lookups hit the same)."""
+        if not self.enable_prefix_caching:
+            return
+        cached = self.cached
+        for i in range(start, end):
+            h = hashes[i]
+            b = owned[i]
+            if b.hash is None and h not in cached:
+                b.hash = h
+                cached[h] = b
+
+    def release(self, owned: list[Block]) -> None:
+        free = self.free
+        for b in reversed(owned):
+            b.ref -= 1
+            if b.ref == 0:
+                free[b.id] = b
+        owned.clear()
+
+    def reset(self) -> None:
+        self.__init__(self.num_gpu_blocks, self.block_size, self.enable_prefix_caching)  # type: ignore[misc]

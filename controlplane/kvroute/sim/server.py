@@ -1,0 +1,474 @@
+"""One simulated vLLM server: vLLM's OpenAI HTTP surface over an Engine, plus fault injection.
+
+Response shapes follow vLLM's OpenAI server (`data: {...}\\n\\n` SSE chunks, `data: [DONE]`,
+`usage.prompt_tokens_details.cached_tokens`, errors as {"error": {...}}). A client that goes
+away aborts its request in the engine (aiohttp's handler cancellation), freeing its blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .engine import FINISHED, Engine, Request, SimClock
+from .metrics import render
+from .profiles import Profile
+from .tokenizer import TemplateError, Tokenizer, apply_chat_template, completion_prefix
+
+FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "none")
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _compact(obj: Any) -> str:
+    # Starlette's JSONResponse (vLLM's) writes compact JSON.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_compact(obj).encode(), status=status, content_type="application/json")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400, type_: str = "BadRequestError",
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.param = param
+
+
+def error_response(message: str, status: int, type_: str, param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
+    return json_response(body, status=status)
+
+
+def _int_field(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        v = body.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise BadRequest(f"'{name}' must be a positive integer", param=name)
+        return v
+    return None
+
+
+class SimInstance:
+    """A vLLM server on host:port. Fault control: `await inst.set_fault(mode, value)`."""
+
+    def __init__(self, index: int, *, host: str, port: int, clock: SimClock, profile: Profile,
+                 models: list[str], tokenizer: Tokenizer, seed: int = 0,
+                 per_token_delay: float | None = None, default_max_tokens: int = 128,
+                 enable_prefix_caching: bool = True) -> None:
+        self.index = index
+        self.host = host
+        self.port = port
+        self.models = models
+        self.tokenizer = tokenizer
+        self.profile = profile
+        self.engine = Engine(profile, clock, per_token_delay=per_token_delay, seed=seed, index=index,
+                             default_max_tokens=default_max_tokens,
+                             enable_prefix_caching=enable_prefix_caching)
+        self.engine.output_vocab = tokenizer.output_ids()
+        self._rng = random.Random(hash((seed, index, "faults")))
+        self._id_rng = random.Random(hash((seed, index, "ids")))
+        self.created = time.time()
+        # fault state
+        self.error_rate = 0.0
+        self.metrics_fail = False
+        self.stale_metrics: str | None = None
+        self.crashed = False
+        self._unhang = asyncio.Event()
+        self._unhang.set()
+        self._restart_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.app = web.Application()
+        self.app.add_routes([
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/completions", self._completions),
+            web.get("/v1/models", self._models),
+            web.get("/health", self._health),
+            web.get("/version", self._version),
+            web.get("/metrics", self._metrics),
+            web.post("/sim/fault", self._fault),
+            web.get("/sim/state", self._state),
+        ])
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # handler_cancellation: a disconnected client cancels its handler, which aborts the
+        # request in the engine, as vLLM does for streamed and non-streamed requests alike.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        await self._listen()
+        self.engine.start()
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        if self.port == 0 and server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+        self._unhang.set()
+        await self.engine.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for t in list(self._tasks):
+            t.cancel()
+
+    # -- faults ----------------------------------------------------------------------------
+
+    async def set_fault(self, mode: str, value: float | None = None) -> None:
+        """crash [value: seconds until it comes back, default never]; hang; error_rate value in
+        [0, 1]; slow value (step time factor >= 1... any > 0); metrics_fail; metrics_stale;
+        restart [value: seconds down, default 0]; none (clears all, brings a crashed one back)."""
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(FAULT_MODES)}")
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise ValueError("'value' must be a non-negative number")
+        if mode == "crash":
+            await self._crash(value)
+        elif mode == "restart":
+            await self._crash(value if value is not None else 0.0)
+        elif mode == "hang":
+            self._unhang.clear()
+            self.engine.paused = True
+        elif mode == "error_rate":
+            if value is None or value > 1:
+                raise ValueError("error_rate needs 'value' in [0, 1]")
+            self.error_rate = float(value)
+        elif mode == "slow":
+            if value is None or value <= 0:
+                raise ValueError("slow needs 'value' > 0 (a factor on step time)")
+            self.engine.slow = float(value)
+        elif mode == "metrics_fail":
+            self.metrics_fail = True
+        elif mode == "metrics_stale":
+            self.stale_metrics = self._render_metrics()
+        elif mode == "none":
+            self.error_rate = 0.0
+            self.engine.slow = 1.0
+            self.metrics_fail = False
+            self.stale_metrics = None
+            self.engine.paused = False
+            self.engine._wake.set()
+            self._unhang.set()
+            if self.crashed:
+                await self._come_back()
+
+    async def _crash(self, down_for: float | None) -> None:
+        """Stop listening and drop every open connection (clients see a reset), lose all state."""
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
+            self._restart_handle = None
+        if not self.crashed:
+            self.crashed = True
+            if self._site is not None:
+                await self._site.stop()
+                self._site = None
+            assert self._runner is not None
+            server = self._runner.server
+            if server is not None:
+                for handler in server.connections:
+                    if handler.transport is not None:
+                        handler.transport.abort()
+            self.engine.reset()
+            self.engine.paused = True
+        if down_for is not None:
+            loop = asyncio.get_running_loop()
+            self._restart_handle = loop.call_later(down_for, self._spawn, self._come_back())
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _come_back(self) -> None:
+        """A fresh process on the same port: empty cache, counters from zero, faults cleared."""
+        self._restart_handle = None
+        if not self.crashed:
+            return
+        self.engine.reset()
+        self.engine.paused = False
+        self.error_rate = 0.0
+        self.engine.slow = 1.0
+        self.metrics_fail = False
+        self.stale_metrics = None
+        self._unhang.set()
+        self.created = time.time()
+        await self._listen()
+        self.crashed = False
+
+    def state(self) -> dict[str, Any]:
+        s = self.engine.state()
+        s.update({
+            "url": self.url,
+            "index": self.index,
+            "profile": self.profile.name,
+            "num_gpu_blocks": self.engine.num_gpu_blocks,
+            "block_size": self.engine.block_size,
+            "faults": {
+                "crashed": self.crashed,
+                "hang": not self._unhang.is_set(),
+                "error_rate": self.error_rate,
+                "slow": self.engine.slow,
+                "metrics_fail": self.metrics_fail,
+                "metrics_stale": self.stale_metrics is not None,
+            },
+        })
+        return s
+
+    # -- HTTP: control ---------------------------------------------------------------------
+
+    async def _fault(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            mode = body.get("mode")
+            value = body.get("value")
+            if mode not in FAULT_MODES:
+                raise ValueError(f"'mode' must be one of {', '.join(FAULT_MODES)}")
+        except (ValueError, json.JSONDecodeError) as e:
+            return error_response(str(e), 400, "BadRequestError")
+        if mode in ("crash", "restart"):
+            # Answer first: the crash drops this very connection.
+            resp = json_response({"ok": True, "mode": mode, "value": value})
+            await resp.prepare(request)
+            await resp.write_eof()
+            self._spawn(self._apply_fault(mode, value))
+            return resp
+        try:
+            await self.set_fault(mode, value)
+        except ValueError as e:
+            return error_response(str(e), 400, "BadRequestError")
+        return json_response({"ok": True, "mode": mode, "value": value})
+
+    async def _apply_fault(self, mode: str, value: float | None) -> None:
+        await asyncio.sleep(0)
+        await self.set_fault(mode, value)
+
+    async def _state(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.state())
+
+    # -- HTTP: vLLM surface ----------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        await self._unhang.wait()
+        return web.Response(status=200)
+
+    async def _version(self, request: web.Request) -> web.StreamResponse:
+        await self._unhang.wait()
+        return json_response({"version": "0.32.0"})
+
+    def _render_metrics(self) -> str:
+        return render(self.engine, self.models[0], self.created)
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        await self._unhang.wait()
+        if self.metrics_fail:
+            return web.Response(status=500, text="Internal Server Error")
+        text = self.stale_metrics if self.stale_metrics is not None else self._render_metrics()
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        await self._unhang.wait()
+        created = int(self.created)
+        data = []
+        for name in self.models:
+            data.append({
+                "id": name, "object": "model", "created": created, "owned_by": "vllm", "root": name,
+                "parent": None, "max_model_len": self.profile.max_model_len,
+                "permission": [{
+                    "id": f"modelperm-{self._id_rng.getrandbits(128):032x}", "object": "model_permission",
+                    "created": created, "allow_create_engine": False, "allow_sampling": True,
+                    "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
+                    "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False,
+                }],
+            })
+        return json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=False)
+
+    async def _read_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json(loads=json.loads)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+
+    def _prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
+        tok = self.tokenizer
+        template = self.profile.chat_template
+        if chat:
+            if "messages" not in body:
+                raise BadRequest("'messages' is required", param="messages")
+            try:
+                return tok.encode(apply_chat_template(template, body["messages"]))
+            except TemplateError as e:
+                raise BadRequest(str(e), param="messages") from None
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str) and prompt:
+            return tok.encode(completion_prefix(template) + prompt)
+        if (isinstance(prompt, list) and prompt
+                and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)):
+            return list(prompt)  # token ids, used as given (vLLM adds nothing to them)
+        raise BadRequest("'prompt' must be a non-empty string or list of token ids "
+                         "(batches of more than one prompt are not simulated)", param="prompt")
+
+    def _parse(self, body: dict[str, Any], chat: bool) -> tuple[str, list[int], int | None, bool, bool]:
+        model = body.get("model")
+        if model is None:
+            model = self.models[0]
+        if model not in self.models:
+            raise BadRequest(f"The model `{model}` does not exist.", 404, "NotFoundError", "model")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("'stream' must be a boolean", param="stream")
+        opts = body.get("stream_options")
+        include_usage = False
+        if opts is not None:
+            if not stream:
+                raise BadRequest("Stream options can only be defined when `stream=True`.", param="stream_options")
+            if not isinstance(opts, dict):
+                raise BadRequest("'stream_options' must be an object", param="stream_options")
+            include_usage = bool(opts.get("include_usage", False))
+        n = body.get("n", 1)
+        if n != 1:
+            raise BadRequest("only n=1 is simulated", param="n")
+        max_tokens = _int_field(body, "max_completion_tokens", "max_tokens") if chat else _int_field(body, "max_tokens")
+        ids = self._prompt_ids(body, chat)
+        err = self.engine.max_prompt_error(len(ids), max_tokens)
+        if err:
+            raise BadRequest(err, param="max_tokens" if max_tokens else "messages" if chat else "prompt")
+        return model, ids, max_tokens, stream, include_usage
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        await self._unhang.wait()
+        if self.error_rate > 0 and self._rng.random() < self.error_rate:
+            return error_response("simulated internal error", 500, "InternalServerError")
+        try:
+            body = await self._read_body(request)
+            model, ids, max_tokens, stream, include_usage = self._parse(body, chat)
+        except BadRequest as e:
+            return error_response(str(e), e.status, e.type, e.param)
+        prefix = "chatcmpl-" if chat else "cmpl-"
+        rid = request.headers.get("X-Request-Id") or f"{self._id_rng.getrandbits(128):032x}"
+        req = self.engine.add_request(ids, max_tokens, req_id=prefix + rid, stream=stream)
+        try:
+            if stream:
+                return await self._stream(request, req, model, chat, include_usage)
+            while req.status != FINISHED:
+                await req.event.wait()
+                req.event.clear()
+            if req.finish_reason == "abort":
+                # The engine restarted under us (a crash drops the connection before this).
+                return error_response("request aborted by the engine", 500, "InternalServerError")
+            return json_response(self._full_response(req, model, chat))
+        finally:
+            if req.status != FINISHED:
+                self.engine.abort(req)
+
+    def _usage(self, req: Request) -> dict[str, Any]:
+        return {
+            "prompt_tokens": req.num_prompt,
+            "total_tokens": req.num_prompt + req.num_out,
+            "completion_tokens": req.num_out,
+            "prompt_tokens_details": {"cached_tokens": max(0, req.cached_tokens)},
+        }
+
+    def _text(self, ids: list[int]) -> str:
+        d = self.tokenizer.decode_one
+        return "".join(d(i) for i in ids)
+
+    def _full_response(self, req: Request, model: str, chat: bool) -> dict[str, Any]:
+        text = self._text(req.output_ids)
+        created = int(time.time())
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
+                            "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None},
+                "logprobs": None, "finish_reason": req.finish_reason, "stop_reason": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": req.finish_reason,
+                      "stop_reason": None, "prompt_logprobs": None}
+            obj = "text_completion"
+        return {"id": req.id, "object": obj, "created": created, "model": model, "choices": [choice],
+                "service_tier": None, "system_fingerprint": None, "usage": self._usage(req),
+                "prompt_logprobs": None, "kv_transfer_params": None}
+
+    async def _stream(self, request: web.Request, req: Request, model: str, chat: bool,
+                      include_usage: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        head = f'data: {{"id":"{req.id}","object":"{obj}","created":{created},"model":{_dumps(model)},"choices":'
+        if chat:
+            # vLLM opens a chat stream with the assistant role and empty content.
+            await resp.write((head + '[{"index":0,"delta":{"role":"assistant","content":""},'
+                              '"logprobs":null,"finish_reason":null}]}\n\n').encode())
+        sent = 0
+        d = self.tokenizer.decode_one
+        while True:
+            if req.num_out == sent and req.status != FINISHED:
+                await req.event.wait()
+                req.event.clear()
+            n = req.num_out
+            finished = req.status == FINISHED
+            if finished and req.finish_reason == "abort":
+                break  # dropped by a restart: end without a finish chunk, like a dead server
+            if n == sent and not finished:
+                continue
+            # Tokens that piled up while the client was slow go out as one chunk, as vLLM's
+            # output collector merges them.
+            text = _dumps("".join(d(i) for i in req.tokens[req.num_prompt + sent : req.num_prompt + n]))
+            sent = n
+            reason = f'"{req.finish_reason}"' if finished else "null"
+            if chat:
+                choice = f'[{{"index":0,"delta":{{"content":{text}}},"logprobs":null,"finish_reason":{reason}'
+            else:
+                choice = f'[{{"index":0,"text":{text},"logprobs":null,"finish_reason":{reason}'
+            choice += ',"stop_reason":null}]}\n\n' if finished else "}]}\n\n"
+            await resp.write((head + choice).encode())
+            if finished:
+                break
+        if req.finish_reason != "abort":
+            tail = ""
+            if include_usage:
+                tail = head + "[]," + f'"usage":{_compact(self._usage(req))}' + "}\n\n"
+            await resp.write((tail + "data: [DONE]\n\n").encode())
+        await resp.write_eof()
+        return resp
