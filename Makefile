@@ -37,7 +37,7 @@ $(STAMP_NATIVE): $(STAMP_DEPS) $(RUST_SOURCES)
 demo: venv
 	$(BIN)/kvroute demo
 
-test: venv browser vllm-env
+test: venv wheel browser vllm-env
 	cargo test --release -p kvroute-core
 	$(BIN)/python -m mypy.stubtest kvroute._native
 	KVROUTE_VLLM_ENV=$(VLLM_ENV) $(BIN)/python -m pytest
