@@ -1,10 +1,21 @@
-"""Assembles one router process: the native core, the fleet, the control plane, the proxy, the admin API."""
+"""Assembles one router process: the native core, the fleet, the control plane, the proxy, the admin API.
+
+`kvroute serve --workers N` runs N such processes on one port (SO_REUSEPORT; the kernel spreads
+connections over them). Each worker is a whole gateway: its own native core (in-flight counts,
+tickets, prefix index, wait queue), its own control plane polling the same backends, its own upstream
+connection pool. They share only the listening port and the configuration. Worker 0 alone serves the
+admin API, so the admin API shows and steers worker 0's core (docs/proxy.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import subprocess
+import sys
 from typing import Any, Sequence
 
 from kvroute._native import Router
@@ -14,11 +25,14 @@ from kvroute.control.plane import ControlPlane
 
 log = logging.getLogger("kvroute.gateway")
 
+# Set in the environment of each worker process by the supervisor: the worker's index.
+WORKER_ENV = "KVROUTE_WORKER_INDEX"
+
 
 class Gateway:
     """Everything one router process holds; components receive it instead of reaching for globals."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, admin: bool = True) -> None:
         self.settings = settings
         self.router = Router(
             settings.policy,
@@ -27,18 +41,24 @@ class Gateway:
             seed=settings.seed,
             wait_queue_size=settings.wait_queue_size,
         )
-        self.fleet = Fleet(self.router)
+        self.fleet = Fleet(self.router, settings)
         self.control = ControlPlane(self)
         self.proxy: Any = None
         self.admin: Any = None
+        self.with_admin = admin
 
     async def start(self) -> None:
-        from kvroute.admin import server as admin_server
         from kvroute.proxy import server as proxy_server
 
         await self.control.start()
         self.proxy = await proxy_server.start(self)
-        self.admin = await admin_server.start(self)
+        if self.with_admin:
+            try:
+                from kvroute.admin import server as admin_server
+            except ImportError:  # the admin API is optional for the data path
+                log.warning("kvroute.admin.server not available; running without the admin API")
+            else:
+                self.admin = await admin_server.start(self)
 
     async def stop(self) -> None:
         if self.proxy is not None:
@@ -48,16 +68,16 @@ class Gateway:
         await self.control.stop()
 
 
-async def serve(settings: Settings, started: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, started: asyncio.Event | None = None, *, admin: bool = True) -> None:
     """Run until SIGINT/SIGTERM; `started` is set once both ports accept connections."""
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, admin=admin)
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    log.info("kvroute listening on %s:%s (admin %s:%s)", settings.host, settings.port,
-             settings.admin_host, settings.admin_port)
+    log.info("kvroute listening on %s:%s (admin %s)", settings.host, gateway.proxy.port,
+             f"{settings.admin_host}:{settings.admin_port}" if gateway.admin is not None else "off")
     if started is not None:
         started.set()
     try:
@@ -66,10 +86,40 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> Non
         await gateway.stop()
 
 
+def _supervise(settings: Settings, argv: Sequence[str]) -> int:
+    """Start `workers` processes on one port and pass signals on; the first to fail stops the rest."""
+    # Bound (not listening) with SO_REUSEPORT: fixes the port, port 0 included, for every worker,
+    # and receives no connections itself.
+    holder = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((settings.host, settings.port))
+    port = holder.getsockname()[1]
+    children = []
+    for index in range(settings.workers):
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        children.append(subprocess.Popen([sys.executable, "-m", "kvroute.cli", "serve", *argv, "--port", str(port)],
+                                         env=env))
+    log.info("kvroute: %d workers on %s:%d", settings.workers, settings.host, port)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    holder.close()
+    return max((abs(code) for code in codes), default=0)
+
+
 def main(argv: Sequence[str]) -> int:
     import uvloop
 
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvloop.run(serve(settings))
+    worker = os.environ.get(WORKER_ENV)
+    if settings.workers > 1 and worker is None:
+        return _supervise(settings, argv)
+    uvloop.run(serve(settings, admin=worker in (None, "0")))
     return 0

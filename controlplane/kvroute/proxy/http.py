@@ -1,0 +1,84 @@
+"""HTTP/1.1 framing and OpenAI-shaped error bodies, as bytes ready for `transport.write`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from http import HTTPStatus
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus
+}
+
+# Never relayed in either direction: they describe one hop, and the router frames each hop itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"expect",
+    }
+)
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "api_error",
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
+    """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
+    kind = _ERROR_TYPES.get(status, "api_error")
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+def response(status: int, body: bytes, headers: list[bytes], keep_alive: bool,
+             content_type: bytes = b"application/json") -> bytes:
+    """A complete response with a known length; `headers` are ready-made "name: value\\r\\n" lines."""
+    parts = [status_line(status), b"content-type: ", content_type, b"\r\ncontent-length: ",
+             str(len(body)).encode(), b"\r\n"]
+    parts.extend(headers)
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def tcp_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """The transport of a new connection, with Nagle off: every write is a whole message or SSE event."""
+    assert isinstance(transport, asyncio.Transport)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return transport

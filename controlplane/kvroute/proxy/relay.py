@@ -1,0 +1,443 @@
+"""What the data plane does with a request: the OpenAI surface, routing, the upstream exchange, retries.
+
+Per proxied request the native core is crossed twice (route, release) plus first_token for streams;
+the body goes to the core as the client's bytes and to the backend as the same bytes, except that a
+streamed request gets `stream_options.include_usage` added so token counts come back (the extra
+usage event is dropped before the client sees it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from kvroute._native import MalformedRequest, Queued, Rejected, Routed
+from kvroute.proxy import http
+from kvroute.proxy.sse import StreamScanner, Usage, ask_for_usage, error_event, usage_of_json
+from kvroute.proxy.upstream import Target, UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from kvroute.proxy.server import ClientConnection, ProxyServer, Request
+
+log = logging.getLogger("kvroute.proxy")
+
+ENDPOINTS = {
+    b"/v1/chat/completions": "chat",
+    b"/v1/completions": "completions",
+    b"/v1/embeddings": "embeddings",
+    b"/v1/responses": "responses",
+}
+PRIORITIES = {b"high": "high", b"normal": "normal", b"low": "low"}
+_RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Client headers the router consumes or re-frames instead of forwarding.
+_NOT_FORWARDED = http.HOP_BY_HOP | {b"x-request-id", b"x-priority"}
+
+
+class Failure:
+    """An attempt that failed before any byte reached the client, so another backend may try."""
+
+    __slots__ = ("status", "message", "code", "raw")
+
+    def __init__(self, status: int, message: str, code: str, raw: bytes | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        self.raw = raw  # the backend's own error response, relayed when no retry is left
+
+
+class RetryBudget:
+    """Retries may add at most `ratio` of the request rate (after a small reserve), so a failing fleet
+    sees its load grow by that fraction at most instead of by the attempt count."""
+
+    def __init__(self, ratio: float, reserve: float = 10.0) -> None:
+        self.ratio = ratio
+        self.cap = max(reserve, 100.0)
+        self.balance = reserve
+
+    def deposit(self) -> None:
+        if self.balance < self.cap:
+            self.balance += self.ratio
+
+    def withdraw(self) -> bool:
+        if self.balance >= 1.0:
+            self.balance -= 1.0
+            return True
+        return False
+
+
+def new_request_id() -> bytes:
+    return os.urandom(12).hex().encode()
+
+
+class Dispatcher:
+    def __init__(self, server: ProxyServer) -> None:
+        gateway = server.gateway
+        self.server = server
+        self.settings = settings = gateway.settings
+        self.router = gateway.router
+        self.fleet = gateway.fleet
+        self.pool = server.pool
+        self.loop = server.loop
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.budget = RetryBudget(settings.retry_budget)
+        self.api_key_tiers = {key.encode(): tier for key, tier in settings.api_key_tiers.items()}
+        self.max_wait_s = {
+            "high": settings.max_wait_ms_high / 1000,
+            "normal": settings.max_wait_ms_normal / 1000,
+            "low": settings.max_wait_ms_low / 1000,
+        }
+
+    # -- surface --
+
+    async def handle(self, conn: ClientConnection, req: Request) -> None:
+        if req.reject:
+            req.keep_alive = False
+            return self._error(conn, req, 413, f"request body exceeds max_body_size ({self.settings.max_body_size} bytes)",
+                               "request_too_large")
+        endpoint = ENDPOINTS.get(req.path)
+        if endpoint is not None:
+            if req.method != b"POST":
+                return self._error(conn, req, 405, f"{req.path.decode()} takes POST", "method_not_allowed")
+            return await self.forward(conn, req, endpoint)
+        if req.method == b"GET":
+            if req.path == b"/v1/models":
+                return await self.models(conn, req)
+            if req.path == b"/health":
+                return self._json(conn, req, 200, b'{"status":"ok"}')
+            if req.path == b"/ready":
+                if self._healthy_backends():
+                    return self._json(conn, req, 200, b'{"status":"ready"}')
+                return self._error(conn, req, 503, "no healthy backend", "no_backend")
+        return self._error(conn, req, 404, f"unknown path {req.path.decode(errors='replace')}", "not_found")
+
+    async def models(self, conn: ClientConnection, req: Request) -> None:
+        """The union of the models of healthy backends: the control plane's view where it has one,
+        else asked from the backend right now."""
+        listed: dict[str, dict[str, object]] = {}
+        for backend in self._healthy_backends():
+            if backend.models:
+                for name in backend.models:
+                    listed.setdefault(name, {"id": name, "object": "model", "created": 0, "owned_by": "vllm"})
+                continue
+            for entry in await self._fetch_models(backend.url):
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    listed.setdefault(entry["id"], entry)
+        body = json.dumps({"object": "list", "data": list(listed.values())}).encode()
+        self._json(conn, req, 200, body)
+
+    def _healthy_backends(self) -> list:
+        return [b for b in self.fleet.all() if getattr(b, "healthy", True)]
+
+    async def _fetch_models(self, url: str) -> list[object]:
+        target = self.pool.target(url)
+        head = b"GET %b/v1/models HTTP/1.1\r\nhost: %b\r\naccept: application/json\r\n\r\n" % (
+            target.prefix, target.host_header)
+        up = None
+        try:
+            up = await self.pool.exchange(target, head, b"", self.settings.connect_timeout)
+            body = await up.read_all(self.settings.connect_timeout)
+            data = json.loads(body).get("data", []) if up.status == 200 else []
+            return data if isinstance(data, list) else []
+        except (UpstreamError, ValueError, AttributeError):
+            return []
+        finally:
+            if up is not None:
+                up.finish()
+
+    # -- the proxied path --
+
+    async def forward(self, conn: ClientConnection, req: Request, endpoint: str) -> None:
+        rid = req.header(b"x-request-id") or new_request_id()
+        ctype = req.header(b"content-type")
+        if ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
+            return self._error(conn, req, 415, "content-type must be application/json", "unsupported_media_type",
+                               rid=rid)
+        priority = self._priority(req)
+        if priority is None:
+            return self._error(conn, req, 400, "x-priority must be one of high, normal, low", "invalid_priority",
+                               param="x-priority", rid=rid)
+        session = req.header(b"x-session-id")
+        session_key = session.decode(errors="replace") if session is not None else None
+        router = self.router
+        try:
+            decision = router.route(req.body, endpoint, priority, session_key)
+        except MalformedRequest as exc:
+            return self._error(conn, req, 400, str(exc) or "malformed request body", "invalid_request",
+                               param=getattr(exc, "param", None), rid=rid)
+        self.budget.deposit()
+        excluded: list[str] = []
+        failure: Failure | None = None
+        payload: tuple[bytes, bool] | None = None
+        while True:
+            if isinstance(decision, Queued):
+                woken = await self._wait_turn(decision, priority)
+                if woken is None:
+                    return self._error(conn, req, 503, f"waited in the {priority} queue past its limit",
+                                       "queue_timeout", rid=rid)
+                decision = woken
+                continue
+            if isinstance(decision, Rejected):
+                if failure is not None:
+                    return self._fail(conn, req, failure, rid)
+                return self._rejected(conn, req, decision, rid)
+            assert isinstance(decision, Routed)
+            if payload is None:
+                payload = ask_for_usage(req.body) if decision.stream and endpoint != "embeddings" else (req.body, False)
+            failure = await self._attempt(conn, req, rid, decision, payload)
+            if failure is None:
+                return
+            excluded.append(decision.backend_id)
+            if len(excluded) > self.settings.retry_attempts or not self.budget.withdraw():
+                return self._fail(conn, req, failure, rid)
+            decision = router.route(req.body, endpoint, priority, session_key, excluded)
+
+    def _priority(self, req: Request) -> str | None:
+        given = req.header(b"x-priority")
+        if given is not None:
+            return PRIORITIES.get(given.strip().lower())
+        if self.api_key_tiers:
+            auth = req.header(b"authorization")
+            if auth is not None and auth[:7].lower() == b"bearer ":
+                return self.api_key_tiers.get(auth[7:].strip(), "normal")
+        return "normal"
+
+    async def _wait_turn(self, queued: Queued, priority: str) -> Routed | Rejected | Queued | None:
+        """Hold a queued request until the core wakes it; None when it waited past its tier's limit."""
+        wait_id = queued.wait_id
+        waiter = self.waiters[wait_id] = self.loop.create_future()
+        limit = self.max_wait_s.get(priority) or self.settings.first_byte_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await waiter
+        except TimeoutError:
+            self.waiters.pop(wait_id, None)
+            self.router.cancel_wait(wait_id)
+            return None
+        except asyncio.CancelledError:
+            self.waiters.pop(wait_id, None)
+            self.router.cancel_wait(wait_id)
+            raise
+        return self.router.resume(wait_id)
+
+    def wake(self, wait_ids: list[int]) -> None:
+        for wait_id in wait_ids:
+            waiter = self.waiters.pop(wait_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _release(self, ticket: int, ok: bool, usage: Usage | None, latency_s: float) -> None:
+        if usage is not None:
+            woken = self.router.release(ticket, ok, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
+                                        latency_s)
+        else:
+            woken = self.router.release(ticket, ok, latency_s=latency_s)
+        if woken:
+            self.wake(woken)
+
+    async def _attempt(self, conn: ClientConnection, req: Request, rid: bytes, routed: Routed,
+                       payload: tuple[bytes, bool]) -> Failure | None:
+        """One try on the backend the core chose; a Failure means nothing reached the client."""
+        settings = self.settings
+        backend_id = routed.backend_id
+        backend = self.fleet.get(backend_id)
+        loop = self.loop
+        started = loop.time()
+        ok = False
+        usage: Usage | None = None
+        up: UpstreamConnection | None = None
+        try:
+            if backend is None:
+                return Failure(502, f"backend {backend_id} left the fleet", "backend_gone")
+            target = self.pool.target(backend.url)
+            body, strip_usage = payload
+            head = self._upstream_head(req, target, rid, len(body))
+            deadline = started + settings.total_timeout
+            try:
+                up = await self.pool.exchange(target, head, body, min(settings.first_byte_timeout, settings.total_timeout))
+            except UpstreamError as exc:
+                self.fleet.report(backend_id, False, exc.kind)
+                if exc.kind == "timeout":
+                    # The backend may be working on it: retrying would double the load it is drowning in.
+                    self._error(conn, req, 504, f"backend {backend_id} sent no response within first_byte_timeout",
+                                "timeout", rid=rid)
+                    return None
+                return Failure(502, f"backend {backend_id} failed: {exc}", "bad_gateway")
+            status = up.status
+            if status in _RETRYABLE_STATUS:
+                self.fleet.report(backend_id, False, "http_5xx")
+                try:
+                    raw = await up.read_all(settings.idle_timeout)
+                except UpstreamError:
+                    raw = b""
+                return Failure(status, f"backend {backend_id} answered {status}", "bad_gateway",
+                               raw=self._relayed(up, routed, rid, req, raw))
+            ctype = up.header(b"content-type") or b""
+            if ctype.startswith(b"text/event-stream"):
+                scanner = StreamScanner(strip_usage)
+                usage = scanner.usage
+                failure = await self._stream(conn, req, rid, routed, up, scanner, started, deadline)
+                if failure is not None:
+                    return failure
+                if up.complete:  # otherwise _stream reported the failure and told the client
+                    ok = status < 500
+                    self.fleet.report(backend_id, ok, None if ok else "http_5xx")
+                return None
+            try:
+                data = await up.read_all(min(settings.idle_timeout, deadline - loop.time()))
+            except UpstreamError as exc:
+                self.fleet.report(backend_id, False, exc.kind)
+                if exc.kind == "timeout":
+                    self._error(conn, req, 504, f"backend {backend_id} stopped answering", "timeout", rid=rid)
+                    return None
+                return Failure(502, f"backend {backend_id} failed: {exc}", "bad_gateway")
+            usage = Usage()
+            usage_of_json(data, usage)
+            ok = status < 500
+            self.fleet.report(backend_id, ok, None if ok else "http_5xx")
+            req.responded = True
+            conn.write(self._relayed(up, routed, rid, req, data))
+            return None
+        finally:
+            if up is not None:
+                up.finish()
+            self._release(routed.ticket, ok, usage, loop.time() - started)
+
+    async def _stream(self, conn: ClientConnection, req: Request, rid: bytes, routed: Routed,
+                      up: UpstreamConnection, scanner: StreamScanner, started: float, deadline: float) -> Failure | None:
+        """Relay an SSE body event by event; the status line goes out with the first event, so a backend
+        that fails before that can still be retried elsewhere."""
+        settings = self.settings
+        loop = self.loop
+        chunked = req.http11
+        timeout = settings.first_byte_timeout
+        while True:
+            try:
+                piece = await up.next_chunk(min(timeout, deadline - loop.time()))
+            except UpstreamError as exc:
+                self.fleet.report(routed.backend_id, False, exc.kind)
+                if not req.responded:
+                    if exc.kind == "timeout":
+                        self._error(conn, req, 504, f"backend {routed.backend_id} sent no event in time", "timeout",
+                                    rid=rid)
+                        return None
+                    return Failure(502, f"backend {routed.backend_id} failed: {exc}", "bad_gateway")
+                what = "went quiet past idle_timeout" if exc.kind == "timeout" else "failed mid-stream"
+                self._cut(conn, req, error_event(f"backend {routed.backend_id} {what}", "api_error",
+                                                 "timeout" if exc.kind == "timeout" else "backend_error"))
+                return None
+            if piece is None:
+                break
+            out = scanner.feed(piece)
+            if scanner.first_content and timeout == settings.first_byte_timeout:
+                timeout = settings.idle_timeout
+                self.router.first_token(routed.ticket, loop.time() - started)
+            if not out:
+                continue
+            if not req.responded:
+                req.responded = req.streaming = True
+                conn.write(self._stream_head(up, routed, rid, req, chunked) + (http.chunk(out) if chunked else out))
+            else:
+                conn.write(http.chunk(out) if chunked else out)
+            await conn.drain()
+        rest = scanner.rest()
+        tail = (http.chunk(rest) if rest else b"") + http.LAST_CHUNK if chunked else rest
+        if not req.responded:
+            req.responded = True
+            conn.write(self._stream_head(up, routed, rid, req, chunked) + tail)
+        else:
+            conn.write(tail)
+        if not chunked:
+            req.keep_alive = False
+        return None
+
+    def _cut(self, conn: ClientConnection, req: Request, event: bytes) -> None:
+        """End a stream that cannot be finished: an error event the client can see, then close."""
+        req.keep_alive = False
+        conn.write(http.chunk(event) + http.LAST_CHUNK if req.http11 else event)
+
+    # -- framing --
+
+    def _upstream_head(self, req: Request, target: Target, rid: bytes, length: int) -> bytes:
+        parts = [req.method, b" ", target.prefix, req.path]
+        if req.query:
+            parts += [b"?", req.query]
+        parts += [b" HTTP/1.1\r\nhost: ", target.host_header, b"\r\n"]
+        forward_key = self.settings.forward_api_key
+        for name, value in req.headers:
+            if name in _NOT_FORWARDED or (name == b"authorization" and not forward_key):
+                continue
+            parts += [name, b": ", value, b"\r\n"]
+        parts += [b"x-request-id: ", rid, b"\r\ncontent-length: ", str(length).encode(), b"\r\n\r\n"]
+        return b"".join(parts)
+
+    def _response_headers(self, up: UpstreamConnection, routed: Routed, rid: bytes) -> list[bytes]:
+        lines = []
+        for name, value in up.headers:
+            low = name.lower()
+            if low in http.HOP_BY_HOP or low == b"x-request-id":
+                continue
+            lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"x-request-id: " + rid + b"\r\n")
+        if self.settings.debug_headers:
+            lines.append(b"x-kvroute-backend: " + routed.backend_id.encode() + b"\r\n")
+            lines.append(b"x-kvroute-branch: " + routed.branch.encode() + b"\r\n")
+        return lines
+
+    def _relayed(self, up: UpstreamConnection, routed: Routed, rid: bytes, req: Request, body: bytes) -> bytes:
+        keep_alive = req.keep_alive and not self.server.draining
+        parts = [http.status_line(up.status)]
+        parts += self._response_headers(up, routed, rid)
+        parts += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += [b"\r\n", body]
+        return b"".join(parts)
+
+    def _stream_head(self, up: UpstreamConnection, routed: Routed, rid: bytes, req: Request, chunked: bool) -> bytes:
+        parts = [http.status_line(up.status)]
+        parts += self._response_headers(up, routed, rid)
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if not chunked or not req.keep_alive or self.server.draining:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # -- answers the router gives itself --
+
+    def _json(self, conn: ClientConnection, req: Request, status: int, body: bytes) -> None:
+        req.responded = True
+        conn.write(http.response(status, body, [], req.keep_alive and not self.server.draining))
+
+    def _error(self, conn: ClientConnection, req: Request, status: int, message: str, code: str, *,
+               param: str | None = None, rid: bytes | None = None, extra: list[bytes] | None = None) -> None:
+        headers = list(extra or [])
+        if rid is not None:
+            headers.append(b"x-request-id: " + rid + b"\r\n")
+        req.responded = True
+        conn.write(http.response(status, http.error_body(status, message, code, param), headers,
+                                 req.keep_alive and not self.server.draining))
+
+    def _fail(self, conn: ClientConnection, req: Request, failure: Failure, rid: bytes) -> None:
+        if failure.raw is not None:
+            req.responded = True
+            conn.write(failure.raw)
+            return
+        self._error(conn, req, failure.status, failure.message, failure.code, rid=rid)
+
+    def _rejected(self, conn: ClientConnection, req: Request, rejected: Rejected, rid: bytes) -> None:
+        reason = rejected.reason
+        message = rejected.message or reason
+        if reason == "unknown_model":
+            return self._error(conn, req, 404, message or f"model {rejected.model!r} is not served here",
+                               "model_not_found", param="model", rid=rid)
+        if reason == "no_backend":
+            return self._error(conn, req, 503, message, "no_backend", rid=rid)
+        retry_after = max(1, int(-(-rejected.retry_after_s // 1)))
+        text = f"{message} (tier {rejected.tier})" if rejected.tier not in message else message
+        self._error(conn, req, 429, text, "overloaded" if reason == "shed" else reason, rid=rid,
+                    extra=[b"retry-after: %d\r\n" % retry_after])
+

@@ -1,0 +1,279 @@
+"""The listening side of the data plane: a raw asyncio protocol per client connection, parsed by httptools.
+
+No web framework sits on the hot path: a request is parsed in C, handed to the dispatcher as one
+`Request`, and answered with single `transport.write` calls. One task per request carries it
+through routing and the upstream exchange; a client that goes away cancels that task, which closes
+the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from kvroute.proxy import http
+from kvroute.proxy.relay import Dispatcher
+from kvroute.proxy.sse import error_event
+from kvroute.proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from kvroute.gateway import Gateway
+
+log = logging.getLogger("kvroute.proxy")
+
+# Requests a client may pipeline ahead of the one being served before its socket stops being read.
+_MAX_PIPELINED = 16
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11", "reject",
+                 "responded", "streaming")
+
+    def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+                 keep_alive: bool, http11: bool, reject: int) -> None:
+        self.method = method
+        path, _, query = url.partition(b"?")
+        self.path = path
+        self.query = query
+        self.headers = headers  # names lower-cased
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http11 = http11
+        self.reject = reject  # a status decided while parsing (413), 0 if none
+        self.responded = False  # a status line went to the client
+        self.streaming = False  # ... and the body is an open chunked stream
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.max_body = server.gateway.settings.max_body_size
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+        self.current: Request | None = None
+        self.pending: deque[Request] = deque()
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._reject = 0
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = http.tcp_transport(transport)
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported", "bad_request")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {exc}", "bad_request")
+
+    def eof_received(self) -> bool:
+        # A client that half-closes is treated as gone: HTTP clients do not half-close while waiting
+        # for an answer, and a dead peer must release its backend slot at once.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if self.task is not None:
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks --
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._reject = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        expect_continue = False
+        for name, value in self._headers:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_body:
+                    self._reject = 413
+            elif name == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+        if self._reject == 413 and self.task is None and not self.pending:
+            # Refuse before the body crosses the network; the connection cannot be reused after.
+            self._refuse(413, f"request body exceeds max_body_size ({self.max_body} bytes)", "request_too_large")
+            return
+        if expect_continue and not self._reject and self.transport is not None:
+            self.transport.write(http.CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._reject:
+            return
+        self._size += len(body)
+        if self._size > self.max_body:
+            self._reject = 413
+            self._body = []
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = Request(parser.get_method(), self._url, self._headers, body, parser.should_keep_alive(),
+                          parser.get_http_version() == "1.1", self._reject)
+        self._body = []
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve(request))
+        else:
+            self.pending.append(request)
+            if len(self.pending) >= _MAX_PIPELINED and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+
+    # -- used by the dispatcher --
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the client's socket buffer is full: a slow reader slows its stream, not the router."""
+        if self._write_paused and not self.closed:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    # -- internals --
+
+    async def _serve(self, request: Request) -> None:
+        dispatch = self.server.dispatcher.handle
+        try:
+            while True:
+                self.current = request
+                try:
+                    await dispatch(self, request)
+                except asyncio.CancelledError:
+                    self._end_cut_off(request)
+                    return
+                except Exception:
+                    log.exception("unhandled error serving %s", request.path.decode(errors="replace"))
+                    self._end_cut_off(request)
+                    return
+                if not request.keep_alive or self.server.draining or self.closed:
+                    self.close()
+                    return
+                if not self.pending:
+                    return
+                request = self.pending.popleft()
+                if self._reading_paused and self.transport is not None:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+        finally:
+            self.current = None
+            self.task = None
+
+    def _end_cut_off(self, request: Request) -> None:
+        """A request ended early (shutdown past the grace period, or a bug): say so if the client is still there."""
+        if not self.closed:
+            if request.streaming:
+                event = error_event("the router is shutting down; the stream was cut off", "api_error", "shutdown")
+                self.write(http.chunk(event) + http.LAST_CHUNK)
+            elif not request.responded:
+                self.write(http.response(503, http.error_body(503, "the router is shutting down", "shutdown"),
+                                         [], keep_alive=False))
+        self.close()
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        self.write(http.response(status, http.error_body(status, message, code), [], keep_alive=False))
+        self.close()
+
+
+class ProxyServer:
+    """The data plane of one router process; `gateway.proxy` once started."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.pool = UpstreamPool(gateway.settings.connect_timeout)
+        self.dispatcher = Dispatcher(self)
+        self._server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def listen(self, sock: socket.socket | None = None) -> None:
+        settings = self.gateway.settings
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self), settings.host, settings.port, backlog=4096,
+                reuse_port=settings.workers > 1 or None)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def wake(self, wait_ids: list[int]) -> None:
+        """Queued requests the core says may go now (Router.release returned their ids)."""
+        self.dispatcher.wake(wait_ids)
+
+    async def close(self, grace_s: float) -> None:
+        """Stop accepting; let in-flight requests finish for up to `grace_s`; then cut the rest off
+        with an SSE error event (or a 503 if nothing was sent yet)."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
+        busy = [conn.task for conn in self.connections if conn.task is not None]
+        if busy:
+            _, still = await asyncio.wait(busy, timeout=grace_s)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5.0)
+        for conn in list(self.connections):
+            conn.close()
+        self.pool.close()
+
+
+async def start(gateway: Gateway, sock: socket.socket | None = None) -> ProxyServer:
+    server = ProxyServer(gateway)
+    await server.listen(sock)
+    return server

@@ -1,0 +1,310 @@
+"""The one upstream HTTP/1.1 client of a router process: pooled keep-alive connections to backends.
+
+Written on raw asyncio protocols with httptools instead of aiohttp because the hot path pays for every
+layer (docs/proxy.md has the measurement): a request is one `transport.write`, a response is parsed
+in C and handed over as bytes, and nothing is allocated per request beyond a future and a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+import httptools
+
+from kvroute.proxy import http
+
+# Past this many unread body bytes the upstream socket stops being read: a slow client slows the
+# backend's stream through TCP back-pressure instead of growing the router's memory.
+_HIGH_WATER = 1 << 20
+_LOW_WATER = 1 << 18
+
+
+class UpstreamError(Exception):
+    """An attempt failed; `kind` is what Fleet.report understands: "connect", "reset" or "timeout"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one backend is reached and how requests to it are addressed."""
+
+    host: str
+    port: int
+    prefix: bytes
+    host_header: bytes
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        host = parts.hostname or "127.0.0.1"
+        return cls(host, port, parts.path.rstrip("/").encode(), parts.netloc.encode(), tls)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection; carries one exchange at a time.
+
+    The protocol is its own response reader: parser callbacks fill the state below and wake the
+    single consumer (the relay) through `_waiter`; timeouts are timers that fail that waiter.
+    """
+
+    def __init__(self, pool: UpstreamPool, target: Target) -> None:
+        self.pool = pool
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.received_any = False
+        self.keep_alive = False
+        self.error: UpstreamError | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = http.tcp_transport(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("reset", f"backend sent invalid HTTP: {exc}"))
+            self.abort()
+
+    def eof_received(self) -> bool:
+        # A response without a length ends at EOF; the parser needs to hear about it.
+        if self.headers_done and not self.complete:
+            try:
+                self.parser.feed_data(b"")
+            except httptools.HttpParserError:
+                pass
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            self._fail(UpstreamError("reset", "backend closed the connection" + (f": {exc}" if exc else "")))
+        self.pool._forget(self)
+
+    # -- httptools callbacks --
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # -- used by the relay --
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    async def wait_headers(self, timeout: float) -> None:
+        while not self.headers_done:
+            await self._wait(timeout, "no response headers from backend")
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """The next piece of body as it arrived, or None at the end of the response."""
+        while not self._chunks:
+            if self.complete:
+                return None
+            await self._wait(timeout, "backend went quiet")
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    async def read_all(self, timeout: float) -> bytes:
+        while not self.complete:
+            await self._wait(timeout, "backend went quiet")
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
+
+    def finish(self) -> None:
+        """The exchange is over: keep the connection for the next request when HTTP allows it."""
+        if self.complete and self.keep_alive and not self.closed and self.error is None:
+            self.pool._put_back(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close at once; a backend sees the request end (vLLM aborts it and frees its KV blocks)."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self.closed = True
+
+    # -- internals --
+
+    def reset_for_request(self) -> None:
+        self.status = 0
+        self.headers = []
+        self.headers_done = False
+        self.complete = False
+        self.received_any = False
+        self.keep_alive = False
+        self.error = None
+        self._chunks.clear()
+        self._buffered = 0
+
+    async def _wait(self, timeout: float, what: str) -> None:
+        if self.error is not None:
+            raise self.error
+        loop = self.pool.loop
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(max(timeout, 0.0), _expire, waiter, what)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+
+def _expire(waiter: asyncio.Future[None], what: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamError("timeout", what))
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend, last in first out (the warmest socket goes first)."""
+
+    def __init__(self, connect_timeout: float, max_idle_per_target: int = 1024) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connect_timeout = connect_timeout
+        self.max_idle_per_target = max_idle_per_target
+        self._idle: dict[Target, list[UpstreamConnection]] = {}
+        self._targets: dict[str, Target] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._all: set[UpstreamConnection] = set()
+
+    def target(self, url: str) -> Target:
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = Target.parse(url)
+        return target
+
+    async def exchange(self, target: Target, head: bytes, body: bytes, first_byte_timeout: float) -> UpstreamConnection:
+        """Send one request and return its connection once the response headers are in.
+
+        A reused connection may have been closed by the backend while idle (its keep-alive timeout);
+        that is nobody's failure, so such a request is sent again once on a fresh connection.
+        """
+        conn = await self._acquire(target)
+        conn.send(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            conn.send(body)
+        try:
+            await conn.wait_headers(first_byte_timeout)
+            return conn
+        except UpstreamError as exc:
+            if not (conn.reused and exc.kind == "reset" and not conn.received_any):
+                conn.abort()
+                raise
+            conn.abort()
+        conn = await self._connect(target)
+        conn.send(head)
+        conn.send(body)
+        try:
+            await conn.wait_headers(first_byte_timeout)
+        except UpstreamError:
+            conn.abort()
+            raise
+        return conn
+
+    async def _acquire(self, target: Target) -> UpstreamConnection:
+        idle = self._idle.get(target)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                conn.reset_for_request()
+                return conn
+        return await self._connect(target)
+
+    async def _connect(self, target: Target) -> UpstreamConnection:
+        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self, target)  # noqa: E731
+        tls = None
+        if target.tls:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(factory, target.host, target.port, ssl=tls)
+        except TimeoutError:
+            raise UpstreamError("connect", f"connect to {target.host}:{target.port} timed out") from None
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}") from None
+        self._all.add(conn)
+        return conn
+
+    def _put_back(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(conn.target, [])
+        if len(idle) < self.max_idle_per_target:
+            idle.append(conn)
+        else:
+            conn.abort()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
