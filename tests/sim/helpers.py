@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -46,3 +48,12 @@ def metric(metrics: dict, name: str, **labels: str) -> float:
             found = True
     assert found, f"{name} {labels} not in metrics"
     return total
+
+
+async def until(cond: Callable[[], bool], what: str = "condition") -> None:
+    """Wait for a state the server reaches asynchronously (bounded; not a timing assertion)."""
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} never held")

@@ -1,6 +1,6 @@
 """Tokenization and chat templates for the simulator.
 
-The default tokenizer needs no files: it cuts text into short pieces (about 4 bytes each, like
+The default tokenizer needs no files: it cuts text into short pieces (3.5 to 4 bytes each, like
 a BPE tokenizer on English) and hashes each piece to a stable id, so the same text always gives
 the same ids and a shared text prefix gives a shared token prefix, which is all the prefix
 cache needs. `--tokenizer PATH` loads a real `tokenizers` JSON so counts match a real model.
@@ -13,7 +13,10 @@ import zlib
 from typing import Any, Protocol
 
 # Special markers of the chat templates are single tokens, as in the real vocabularies.
-_PIECE = re.compile(r"<\|[a-z_]+\|>|\s?[A-Za-z]{1,4}|\s?\d{1,3}|\s?[^\sA-Za-z0-9]|\s+")
+# Whitespace runs leave their last space to the next word (as GPT-2-style pre-tokenizers do), so
+# "...\n" + " word" tokenizes as the two parts did: a conversation's next turn, which quotes
+# the previous answer, re-tokenizes to the previous prompt's ids plus the generated ids.
+_PIECE = re.compile(r"<\|[a-z_]+\|>|\s?[A-Za-z]{1,6}|\s?\d{1,3}|\s?[^\sA-Za-z0-9]|\s+(?!\S)|\s")
 _VOCAB = 151_643  # Qwen2.5's regular vocabulary size; ids look plausible
 _SPECIAL_BASE = _VOCAB
 _CACHE_LIMIT = 1 << 20
