@@ -13,7 +13,7 @@ import yaml
 from deploy_support import (
     DEPLOY, KUBE, SETTINGS_KEYS, containers, env_var_settings_key, manifest_files, objects, yaml_documents,
 )
-from kvroute.config import from_mapping
+from kvroute.config import from_mapping, validate
 
 # The oldest Kubernetes minor the manifests promise to work on (EKS and GKE both still offer it), and
 # the newest schema the validator ships.
@@ -62,7 +62,8 @@ def test_manifest_matches_kubernetes_schema(path, version):
 
 
 def test_configmap_keys_are_settings(config):
-    settings = from_mapping(config, "deploy/kubernetes/configmap.yaml")
+    # validate: the checks that span keys (e.g. poll_timeout <= poll_interval), as `kvroute serve` runs them.
+    settings = validate(from_mapping(config, "deploy/kubernetes/configmap.yaml"))
     # Secrets and per-pod facts come from the environment, never from a ConfigMap.
     assert "admin_token" not in config
     assert "k8s_namespace" not in config
@@ -108,6 +109,14 @@ def test_admin_token_comes_from_a_secret(gateway):
     ref = env["KVROUTE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "kvroute-admin", "key": "admin-token"}
     assert env["KVROUTE_K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_off_loopback_admin_has_a_token(gateway, config):
+    is_loopback = pytest.importorskip("kvroute.admin.server").is_loopback
+    settings = from_mapping(config, "configmap")
+    env = {item["name"] for item in _gateway_container(gateway)["env"]}
+    # kvroute refuses to start an off-loopback admin API without a token.
+    assert is_loopback(settings.admin_host) or "KVROUTE_ADMIN_TOKEN" in env
 
 
 def test_kvroute_env_vars_are_settings_keys(gateway):
