@@ -1,1 +1,31 @@
-"""kvroute: a KV-cache-aware router for vLLM fleets."""
+"""kvroute: a KV-cache-aware router for vLLM fleets.
+
+The routing core is native (`kvroute._native`, built from rust/); this package re-exports its
+public API so callers write `from kvroute import Router, Routed, KvrouteError`.
+"""
+
+from kvroute._native import (
+    InvalidConfig,
+    KvrouteError,
+    MalformedRequest,
+    Queued,
+    Rejected,
+    Routed,
+    Router,
+    UnknownBackend,
+    UnknownTicket,
+    __version__,
+)
+
+__all__ = [
+    "InvalidConfig",
+    "KvrouteError",
+    "MalformedRequest",
+    "Queued",
+    "Rejected",
+    "Routed",
+    "Router",
+    "UnknownBackend",
+    "UnknownTicket",
+    "__version__",
+]

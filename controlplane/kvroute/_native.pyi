@@ -1,11 +1,28 @@
 # Hand-written stub of the native core (rust/py). Checked by `python -m mypy.stubtest kvroute._native`.
-from typing import Any, Final, Literal, Sequence
+from typing import Any, Final, Literal, Self, Sequence, final
+
+__all__ = [
+    "__version__",
+    "KvrouteError",
+    "MalformedRequest",
+    "InvalidConfig",
+    "UnknownTicket",
+    "UnknownBackend",
+    "Router",
+    "Routed",
+    "Rejected",
+    "Queued",
+    "Endpoint",
+    "Priority",
+    "Decision",
+]
 
 __version__: Final[str]
 
 class KvrouteError(Exception): ...
 class MalformedRequest(KvrouteError):
     """The request body is not a valid OpenAI request; `param` names the offending field (or None)."""
+    param: str | None
 class InvalidConfig(KvrouteError): ...
 class UnknownTicket(KvrouteError): ...
 class UnknownBackend(KvrouteError): ...
@@ -13,6 +30,7 @@ class UnknownBackend(KvrouteError): ...
 Endpoint = Literal["chat", "completions", "embeddings", "responses"]
 Priority = Literal["high", "normal", "low"]
 
+@final
 class Routed:
     """The request may go to `backend_id`; report its end with Router.release(ticket, ...)."""
     ticket: int
@@ -25,6 +43,7 @@ class Routed:
     cached_tokens: int     # tokens of the prompt the core believes the backend holds
     predicted_ttft_s: float
 
+@final
 class Rejected:
     """Admission said no: `reason` is "shed" (tier over its limit), "no_backend" (none healthy for the model),
     "unknown_model" (no backend serves it) or "queue_full"."""
@@ -34,6 +53,7 @@ class Rejected:
     retry_after_s: float
     message: str
 
+@final
 class Queued:
     """Held in the router's wait queue; wait until Router.release(...) lists `wait_id`, then call Router.resume."""
     wait_id: int
@@ -43,16 +63,18 @@ class Queued:
 
 Decision = Routed | Rejected | Queued
 
+@final
 class Router:
-    def __init__(
-        self,
+    # A native class: construction goes through __new__ (callers write Router(...) as always).
+    def __new__(
+        cls,
         policy: str = "cost",
         *,
         block_tokens: int = 16,
         bytes_per_token: float = 4.0,
         seed: int = 0,
         wait_queue_size: int = 0,
-    ) -> None: ...
+    ) -> Self: ...
     def route(
         self,
         body: bytes,
