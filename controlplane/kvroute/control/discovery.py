@@ -277,6 +277,10 @@ class KubernetesDiscovery:
             await config.load_kube_config()
         return client.ApiClient()
 
+    def _backoff(self, failures: int) -> float:
+        """A dropped stream is resumed at once; an API server that keeps failing is asked less often."""
+        return 0.0 if failures <= 1 else min(self.RETRY_DELAY * 2 ** (failures - 2), 30.0)
+
     def _emit(self, apply: Apply) -> None:
         apply(targets_from_slices(self.slices.values(), self.port_name, self.default_port))
 
@@ -333,6 +337,7 @@ class KubernetesDiscovery:
             response.release()
 
     async def run(self, apply: Apply) -> None:
+        import aiohttp
         from kubernetes_asyncio.client import DiscoveryV1Api
         from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -340,11 +345,13 @@ class KubernetesDiscovery:
         try:
             api = DiscoveryV1Api(api_client)
             listed = False
+            failures = 0
             while True:
                 try:
                     if not listed:
                         await self._list(api, apply)
                         listed = True
+                    failures = 0
                     await self._watch(api, apply)
                     log.debug("EndpointSlice watch ended; resuming from %s", self.resource_version)
                 except WatchGone as exc:
@@ -354,12 +361,14 @@ class KubernetesDiscovery:
                     if exc.status == 410:
                         listed = False
                         continue
+                    failures += 1
                     log.warning("Kubernetes API error %s; retrying", exc.status)
-                    await asyncio.sleep(self.RETRY_DELAY)
-                except (OSError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
-                    # aiohttp's client errors are OSErrors; a garbled line is a ValueError.
+                    await asyncio.sleep(self._backoff(failures))
+                except (aiohttp.ClientError, OSError, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
+                    # A cut stream is a ClientPayloadError; a garbled line is a ValueError.
+                    failures += 1
                     log.warning("EndpointSlice watch failed (%r); retrying", exc)
-                    await asyncio.sleep(self.RETRY_DELAY)
+                    await asyncio.sleep(self._backoff(failures))
         finally:
             await api_client.close()
 

@@ -49,7 +49,6 @@ class Backend:
     last_error: str = ""
     models_known: bool = False
     page_digest: int | None = None
-    busy_at_last_poll: bool = False
 
     @property
     def draining(self) -> bool:

@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvroute.control")
 
+TIERS = ("high", "normal", "low")
+
+
+def apply_admission(gateway: Gateway) -> None:
+    """Push the per-tier admission limits in settings into the core (at start and on admin changes).
+
+    0 in settings means "no limit", which the core spells None (its 0 would shed everything).
+    """
+    settings = gateway.settings
+    for tier in TIERS:
+        gateway.router.set_admission(tier, max_queue=getattr(settings, f"queue_threshold_{tier}") or None,
+                                     max_wait_ms=getattr(settings, f"max_wait_ms_{tier}") or None)
+
 
 class ControlPlane:
     def __init__(self, gateway: Gateway) -> None:
@@ -49,6 +62,7 @@ class ControlPlane:
     async def start(self) -> None:
         settings = self.gateway.settings
         fleet = self.gateway.fleet
+        apply_admission(self.gateway)
         self.client = httpx.AsyncClient(
             timeout=settings.poll_timeout,
             limits=httpx.Limits(max_keepalive_connections=256, max_connections=512),

@@ -81,16 +81,15 @@ class Poller:
             metrics = parse_metrics(page.text)
         except MetricsParseError as exc:
             raise PollFailed("parse", str(exc)) from None
-        # A page that answers but no longer moves (a wedged exporter, a caching proxy in front) is as
-        # useless as no page. An idle server's page may legitimately stand still, so it only counts
-        # when the router had requests in flight there at both polls: a working engine changes its
-        # token counters and histograms every step.
+        # A page that answers but no longer moves (a wedged exporter, a caching proxy in front, an
+        # engine that stopped stepping) is as useless as no page. An idle server's page may stand
+        # still, so it only counts while the page itself says requests are running: a working engine
+        # changes its token counters and histograms every step.
         digest = hash(page.text)
-        busy = self.fleet.router.in_flight(backend.id) > 0
-        frozen = digest == backend.page_digest and busy and backend.busy_at_last_poll
-        backend.page_digest, backend.busy_at_last_poll = digest, busy
+        frozen = digest == backend.page_digest and bool(metrics.running)
+        backend.page_digest = digest
         if frozen:
-            raise PollFailed("stale", "metrics page unchanged while requests are in flight")
+            raise PollFailed("stale", "metrics page unchanged while it shows running requests")
         if counters_reset(backend.metrics, metrics):
             log.info("backend %s restarted (counters went back); clearing its prefix index", backend.id)
             self.fleet.router.reset_backend(backend.id)
