@@ -1,0 +1,109 @@
+variable "cluster_name" {
+  description = "EKS cluster name."
+  type        = string
+  default     = "kvroute"
+}
+
+variable "kubernetes_version" {
+  description = "EKS Kubernetes version (the manifests in deploy/ need 1.30 or newer)."
+  type        = string
+  default     = "1.32"
+}
+
+variable "subnet_ids" {
+  description = "Private subnets (at least two AZs) for the control plane's ENIs and the nodes."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) >= 2
+    error_message = "EKS needs subnets in at least two availability zones."
+  }
+}
+
+variable "endpoint_public_access" {
+  description = "Expose the Kubernetes API endpoint publicly (restricted to public_access_cidrs)."
+  type        = bool
+  default     = true
+}
+
+variable "public_access_cidrs" {
+  description = "CIDRs allowed to reach the public API endpoint; narrow this to your office or CI."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "system_instance_types" {
+  description = "Instance types of the CPU node group (kvroute, monitoring, kube-system)."
+  type        = list(string)
+  default     = ["m6i.large"]
+}
+
+variable "system_min_nodes" {
+  description = "Minimum CPU nodes."
+  type        = number
+  default     = 2
+}
+
+variable "system_max_nodes" {
+  description = "Maximum CPU nodes."
+  type        = number
+  default     = 4
+}
+
+variable "gpu_instance_types" {
+  description = "GPU instance types (g6.xlarge: 1x L4; g5.xlarge: 1x A10G; p4d.24xlarge: 8x A100)."
+  type        = list(string)
+  default     = ["g6.xlarge"]
+}
+
+variable "gpu_ami_type" {
+  description = "EKS-optimised AMI with NVIDIA drivers: AL2023_x86_64_NVIDIA (add the device plugin) or BOTTLEROCKET_x86_64_NVIDIA (device plugin built in)."
+  type        = string
+  default     = "AL2023_x86_64_NVIDIA"
+
+  validation {
+    condition     = contains(["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA", "AL2_x86_64_GPU"], var.gpu_ami_type)
+    error_message = "gpu_ami_type must be an NVIDIA-enabled EKS AMI type."
+  }
+}
+
+variable "gpu_capacity_type" {
+  description = "ON_DEMAND or SPOT for the GPU node group."
+  type        = string
+  default     = "ON_DEMAND"
+
+  validation {
+    condition     = contains(["ON_DEMAND", "SPOT"], var.gpu_capacity_type)
+    error_message = "gpu_capacity_type must be ON_DEMAND or SPOT."
+  }
+}
+
+variable "gpu_min_nodes" {
+  description = "Minimum GPU nodes (0 lets an idle fleet cost nothing, with a cluster autoscaler or Karpenter)."
+  type        = number
+  default     = 0
+}
+
+variable "gpu_desired_nodes" {
+  description = "GPU nodes at creation; the autoscaler owns the number afterwards."
+  type        = number
+  default     = 2
+}
+
+variable "gpu_max_nodes" {
+  description = "Maximum GPU nodes."
+  type        = number
+  default     = 4
+}
+
+variable "gpu_disk_size_gb" {
+  description = "Root volume per GPU node: the vLLM image and model weights land here."
+  type        = number
+  default     = 200
+}
+
+variable "tags" {
+  description = "Tags on every AWS resource the module creates."
+  type        = map(string)
+  default     = {}
+}
