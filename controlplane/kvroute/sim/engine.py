@@ -68,6 +68,7 @@ class Stats:
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.prompt_tokens = 0
+        self.prompt_cached = 0
         self.generation_tokens = 0
         self.preemptions = 0
         self.success: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
@@ -334,6 +335,7 @@ class Engine:
             if req.first_token_at is None:
                 req.first_token_at = now
                 st.prompt_tokens += req.num_prompt
+                st.prompt_cached += min(req.cached_tokens, req.num_prompt)
                 st.ttft.observe(now - req.arrival)
             if req.num_out >= req.max_tokens:
                 self._finish(req, req.length_reason, now=now)
