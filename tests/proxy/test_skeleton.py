@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 
 from kvroute.sim import SimFleet
 
-from .conftest import Exchange, base, chat_body, eventually, in_flight, running_gateway
+from .helpers import Exchange, base, chat_body, eventually, in_flight, running_gateway
 
 SSE_EVENTS = [
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
@@ -88,23 +89,31 @@ async def test_round_robin_uses_both_backends() -> None:
         assert all(count > 0 for count in counts), counts
 
 
+async def open_stream(port: int, body: bytes) -> tuple[asyncio.StreamWriter, bytes]:
+    """Start a streamed request on a raw connection and read until tokens flow; returns what came so far."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%b" % (len(body), body))
+    received = b""
+    while b'"content":"' not in received.replace(b'"content":""', b""):
+        received += await reader.read(65536)
+    return writer, received
+
+
 async def test_least_inflight_picks_the_idle_backend() -> None:
     async with SimFleet(instances=2, per_token_delay=0.02) as fleet:
         async with running_gateway(fleet.urls, policy="least_inflight", debug_headers=True) as gw, \
                 httpx.AsyncClient(timeout=30) as client:
-            async with client.stream("POST", base(gw) + "/v1/chat/completions",
-                                     content=chat_body(model="sim-model", stream=True, max_tokens=400),
-                                     headers={"content-type": "application/json"}) as long:
-                busy = long.headers["x-kvroute-backend"]
-                async for _ in long.aiter_bytes():
-                    break  # the long stream is running
-                for _ in range(3):
-                    response = await client.post(base(gw) + "/v1/chat/completions",
-                                                 content=chat_body(model="sim-model", max_tokens=1),
-                                                 headers={"content-type": "application/json"})
-                    assert response.status_code == 200
-                    assert response.headers["x-kvroute-backend"] != busy
-        assert in_flight(gw) == 0
+            writer, head = await open_stream(gw.proxy.port, chat_body(model="sim-model", stream=True, max_tokens=2000))
+            busy = re.search(rb"x-kvroute-backend: ([^\r]+)", head).group(1).decode()  # type: ignore[union-attr]
+            for _ in range(3):
+                response = await client.post(base(gw) + "/v1/chat/completions",
+                                             content=chat_body(model="sim-model", max_tokens=1),
+                                             headers={"content-type": "application/json"})
+                assert response.status_code == 200
+                assert response.headers["x-kvroute-backend"] != busy
+            writer.close()
+            await eventually(lambda: in_flight(gw) == 0, "the long stream released")
 
 
 async def test_malformed_body_is_400_and_reaches_no_backend(scripted) -> None:
@@ -127,13 +136,7 @@ async def test_malformed_body_is_400_and_reaches_no_backend(scripted) -> None:
 async def test_client_disconnect_mid_stream_leaves_nothing_in_flight() -> None:
     async with SimFleet(instances=1, per_token_delay=0.02) as fleet:
         async with running_gateway(fleet.urls) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
-            body = chat_body(model="sim-model", stream=True, max_tokens=2000)
-            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n%b" % (len(body), body))
-            await writer.drain()
-            while b"delta" not in await reader.read(65536):
-                pass  # tokens are flowing
+            writer, _ = await open_stream(gw.proxy.port, chat_body(model="sim-model", stream=True, max_tokens=2000))
             assert in_flight(gw) == 1
             assert fleet.instances[0].state()["running"] == 1
             writer.close()

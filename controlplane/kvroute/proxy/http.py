@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import typing
 from http import HTTPStatus
 
 STATUS_LINES: dict[int, bytes] = {
@@ -76,9 +77,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def tcp_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
-    """The transport of a new connection, with Nagle off: every write is a whole message or SSE event."""
-    assert isinstance(transport, asyncio.Transport)
+    """The transport of a new connection, with Nagle off: every write is a whole message or SSE event.
+
+    (uvloop's transports are not asyncio.Transport subclasses, hence a cast and not a check.)"""
     sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return transport
+    return typing.cast(asyncio.Transport, transport)

@@ -84,11 +84,6 @@ class Dispatcher:
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.budget = RetryBudget(settings.retry_budget)
         self.api_key_tiers = {key.encode(): tier for key, tier in settings.api_key_tiers.items()}
-        self.max_wait_s = {
-            "high": settings.max_wait_ms_high / 1000,
-            "normal": settings.max_wait_ms_normal / 1000,
-            "low": settings.max_wait_ms_low / 1000,
-        }
 
     # -- surface --
 
@@ -173,7 +168,7 @@ class Dispatcher:
         payload: tuple[bytes, bool] | None = None
         while True:
             if isinstance(decision, Queued):
-                woken = await self._wait_turn(decision, priority)
+                woken = await self._wait_turn(decision)
                 if woken is None:
                     return self._error(conn, req, 503, f"waited in the {priority} queue past its limit",
                                        "queue_timeout", rid=rid)
@@ -204,13 +199,12 @@ class Dispatcher:
                 return self.api_key_tiers.get(auth[7:].strip(), "normal")
         return "normal"
 
-    async def _wait_turn(self, queued: Queued, priority: str) -> Routed | Rejected | Queued | None:
+    async def _wait_turn(self, queued: Queued) -> Routed | Rejected | Queued | None:
         """Hold a queued request until the core wakes it; None when it waited past its tier's limit."""
         wait_id = queued.wait_id
         waiter = self.waiters[wait_id] = self.loop.create_future()
-        limit = self.max_wait_s.get(priority) or self.settings.first_byte_timeout
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(self.settings.queue_timeout):
                 await waiter
         except TimeoutError:
             self.waiters.pop(wait_id, None)

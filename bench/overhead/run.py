@@ -1,0 +1,298 @@
+"""What a router adds to a request: the same instant backend reached directly, through kvroute, and
+through the SGLang model gateway, in one run on one machine.
+
+    python -m bench.overhead.run [--seconds 8] [--rate 500] [--sequential 3000] [--no-sglang]
+
+Per contender, non-streamed and streamed chat:
+  * one client, one keep-alive connection, requests back to back: latency p50/p99;
+  * an open loop at a fixed rate (default 500 req/s) over pooled connections: latency p50/p99 and
+    the router's CPU time per request;
+  * `wrk -t1 -c32` for the maximum rate, with the router's CPU time per request.
+"Added" is the contender's figure minus the direct one. Results go to bench/results/overhead-*.json;
+docs/benchmarks.md quotes them. The backend, the router, wrk and this client share the machine's
+cores, as they would on a small box; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httptools
+import uvloop
+
+from bench import contenders, procs
+from bench.overhead.instant_backend import MODEL
+from bench.run import machine
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results"
+CHAT = json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                                {"role": "user", "content": "Hello! Who are you?"}],
+                   "max_tokens": 16}, separators=(",", ":"))
+STREAM = CHAT[:-1] + ',"stream":true}'
+
+
+def raw_request(body: str) -> bytes:
+    data = body.encode()
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(data), data))
+
+
+class Reply:
+    __slots__ = ("parser", "done", "status")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done = False
+        self.status = 0
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary_us(latencies_s: list[float]) -> dict[str, float]:
+    return {"p50_us": round(percentile(latencies_s, 0.5) * 1e6, 1),
+            "p99_us": round(percentile(latencies_s, 0.99) * 1e6, 1), "n": len(latencies_s)}
+
+
+def sequential(port: int, body: str, n: int, warmup: int = 300) -> dict[str, float]:
+    """Back-to-back requests on one keep-alive connection, a blocking client: nothing overlaps."""
+    request = raw_request(body)
+    latencies = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(warmup + n):
+            reply = Reply()
+            start = time.perf_counter()
+            sock.sendall(request)
+            while not reply.done:
+                data = sock.recv(65536)
+                if not data:
+                    raise RuntimeError("server closed the connection")
+                reply.parser.feed_data(data)
+            if i >= warmup:
+                latencies.append(time.perf_counter() - start)
+            if reply.status != 200:
+                raise RuntimeError(f"HTTP {reply.status}")
+    return summary_us(latencies)
+
+
+class RateClient(asyncio.Protocol):
+    """One pooled connection of the open-loop client."""
+
+    def __init__(self, idle: list[RateClient], latencies: list[float], errors: list[int]) -> None:
+        self.idle, self.latencies, self.errors = idle, latencies, errors
+        self.transport: asyncio.Transport | None = None
+        self.reply = Reply()
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, request: bytes) -> None:
+        assert self.transport is not None
+        self.reply = Reply()
+        self.started = time.perf_counter()
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.reply.parser.feed_data(data)
+        if self.reply.done:
+            self.latencies.append(time.perf_counter() - self.started)
+            if self.reply.status != 200:
+                self.errors.append(self.reply.status)
+            self.idle.append(self)
+
+
+async def fixed_rate(port: int, body: str, rate: float, seconds: float) -> dict[str, float]:
+    """An open loop: request i leaves at i/rate whatever happened to the ones before it."""
+    loop = asyncio.get_running_loop()
+    idle: list[RateClient] = []
+    latencies: list[float] = []
+    errors: list[int] = []
+    request = raw_request(body)
+    for _ in range(16):
+        await loop.create_connection(lambda: RateClient(idle, latencies, errors), "127.0.0.1", port)
+    connections = list(idle)
+    total = int(rate * seconds)
+    start = loop.time()
+    for i in range(total):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not idle:
+            _, conn = await loop.create_connection(lambda: RateClient(idle, latencies, errors), "127.0.0.1", port)
+            connections.append(conn)
+        else:
+            conn = idle.pop()
+        conn.send(request)
+    while len(latencies) < total:
+        await asyncio.sleep(0.05)
+    for conn in connections:
+        assert conn.transport is not None
+        conn.transport.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} errors at a fixed rate, e.g. HTTP {errors[0]}")
+    return summary_us(latencies)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child, parent = int(entry.name), int(fields[1])
+        children.setdefault(parent, []).append(child)
+        stats[child] = (int(fields[11]), int(fields[12]))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        utime, stime = stats.get(current, (0, 0))
+        total += utime + stime
+        todo.extend(children.get(current, []))
+    return total / ticks
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk(port: int, stream: bool, seconds: float, connections: int = 32) -> dict[str, float]:
+    env = dict(os.environ, BENCH_STREAM="1" if stream else "0")
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+                           str(HERE / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"],
+                          capture_output=True, text=True, env=env, check=True)
+    out = done.stdout
+    requests = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if requests is None or rate is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}\n{done.stderr}")
+    result: dict[str, float] = {"requests": int(requests.group(1)), "req_per_s": round(float(rate.group(1)))}
+    for q in ("50", "99"):
+        found = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if found:
+            result[f"p{q}_us"] = round(float(found.group(1)) * _UNITS[found.group(2)] * 1e6, 1)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or errors:
+        result["failures"] = out[out.find("Socket errors") if errors else out.find("Non-2xx"):].strip()  # type: ignore[assignment]
+    return result
+
+
+async def measure(name: str, port: int, pid: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for kind, body in (("chat", CHAT), ("stream", STREAM)):
+        stream = kind == "stream"
+        print(f"  {name} {kind}: sequential", flush=True)
+        result[f"{kind}_sequential"] = sequential(port, body, args.sequential)
+        print(f"  {name} {kind}: {args.rate:.0f} req/s", flush=True)
+        before = cpu_seconds(pid) if pid else 0.0
+        rated = await fixed_rate(port, body, args.rate, args.seconds)
+        if pid:
+            rated["cpu_us_per_request"] = round((cpu_seconds(pid) - before) / rated["n"] * 1e6, 1)
+        result[f"{kind}_rate"] = rated
+        print(f"  {name} {kind}: wrk", flush=True)
+        before = cpu_seconds(pid) if pid else 0.0
+        loaded = wrk(port, stream, args.seconds)
+        if pid:
+            loaded["cpu_us_per_request"] = round((cpu_seconds(pid) - before) / loaded["requests"] * 1e6, 1)
+        result[f"{kind}_wrk"] = loaded
+    return result
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    direct = results["direct"]
+    rows = ["| contender | body | seq p50 | seq p99 | added seq p50 | added @rate p50 | added @rate p99 | "
+            "CPU/req @rate | wrk req/s | CPU/req @wrk |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        for kind in ("chat", "stream"):
+            seq, rate, load = res[f"{kind}_sequential"], res[f"{kind}_rate"], res[f"{kind}_wrk"]
+            base_seq, base_rate = direct[f"{kind}_sequential"], direct[f"{kind}_rate"]
+            added = "—" if name == "direct" else f"{seq['p50_us'] - base_seq['p50_us']:.0f} µs"
+            added_rate = "—" if name == "direct" else f"{rate['p50_us'] - base_rate['p50_us']:.0f} µs"
+            added_rate99 = "—" if name == "direct" else f"{rate['p99_us'] - base_rate['p99_us']:.0f} µs"
+            cpu_rate = f"{rate['cpu_us_per_request']:.0f} µs" if "cpu_us_per_request" in rate else "—"
+            cpu_wrk = f"{load['cpu_us_per_request']:.0f} µs" if "cpu_us_per_request" in load else "—"
+            rows.append(f"| {name} | {kind} | {seq['p50_us']:.0f} µs | {seq['p99_us']:.0f} µs | {added} | {added_rate} | "
+                        f"{added_rate99} | {cpu_rate} | {load['req_per_s']:,} | {cpu_wrk} |")
+    return "\n".join(rows)
+
+
+async def run(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = RESULTS / f"overhead-{stamp}-logs"
+    port = procs.free_port()
+    backend = procs.Child("instant", [sys.executable, "-m", "bench.overhead.instant_backend", "--port", str(port)],
+                          log_dir / "instant.log")
+    await backend.start()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        await procs.wait_http(f"http://127.0.0.1:{port}/health", backend)
+        backend_url = f"http://127.0.0.1:{port}"
+        chosen = [contenders.DIRECT, contenders.kvroute(args.policy)]
+        if not args.no_sglang:
+            chosen.append(contenders.sglang("round_robin"))
+        for contender in chosen:
+            print(f"{contender.name} ...", flush=True)
+            try:
+                running = await contenders.start(contender, [backend_url], log_dir, MODEL)
+            except RuntimeError as exc:  # sglang-router could not be installed here
+                print(f"  skipped: {exc}", flush=True)
+                continue
+            try:
+                target = int(running.base_url.rsplit(":", 1)[1])
+                pid = running.child.proc.pid if running.child and running.child.proc else None
+                results[contender.name] = await measure(contender.name, target, pid, args)
+            finally:
+                await running.stop()
+    finally:
+        await backend.stop()
+    report = {"command": " ".join(["python -m bench.overhead.run", *sys.argv[1:]]), "machine": machine(),
+              "versions": contenders.versions(), "rate": args.rate, "seconds": args.seconds, "results": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"overhead-{stamp}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten: {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead.run")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each fixed-rate and wrk run")
+    parser.add_argument("--rate", type=float, default=500.0, help="requests per second of the open loop")
+    parser.add_argument("--sequential", type=int, default=3000, help="requests of the sequential run")
+    parser.add_argument("--policy", default="cost", help="kvroute's routing policy")
+    parser.add_argument("--no-sglang", action="store_true", help="skip the SGLang gateway")
+    uvloop.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
