@@ -19,8 +19,10 @@ import sys
 from typing import Any, Sequence
 
 from kvroute._native import Router
+from kvroute.admin.logs import configure_logging
 from kvroute.config import Settings, parse_settings
 from kvroute.control.fleet import Fleet
+from kvroute.admin.observe import Observer
 from kvroute.control.plane import ControlPlane
 
 log = logging.getLogger("kvroute.gateway")
@@ -42,6 +44,7 @@ class Gateway:
             wait_queue_size=settings.wait_queue_size,
         )
         self.fleet = Fleet(self.router, settings)
+        self.observer = Observer(self.fleet)  # the proxy records outcomes here (kvroute.admin.observe)
         self.control = ControlPlane(self)
         self.proxy: Any = None
         self.admin: Any = None
@@ -117,7 +120,7 @@ def main(argv: Sequence[str]) -> int:
     import uvloop
 
     settings = parse_settings(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings)  # --log-format text|json, request id on every line
     worker = os.environ.get(WORKER_ENV)
     if settings.workers > 1 and worker is None:
         return _supervise(settings, argv)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from kvroute._native import Rejected, Routed
-from tests.control.conftest import chat, control_only, wait_until
+from tests.control.support import chat, control_only, wait_until
 
 
 def backend_of(url: str) -> str:

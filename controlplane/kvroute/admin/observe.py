@@ -1,0 +1,139 @@
+"""The router's own Prometheus metrics, and the small recording API the data plane calls.
+
+Counters and histograms record events (the proxy calls `request_done`, `shed`, `queued`, `retry`; the
+poller calls `poll_error`). Backend state (health, circuit, load) is not recorded at all: a collector
+reads the fleet at scrape time, so a removed backend's series disappear with it and nothing can drift.
+Each Observer has its own registry: no process-global state, several gateways can share a process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from kvroute.control.fleet import Fleet
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Latency buckets for LLM serving: TTFT spans ~10 ms (cache hit, idle) to tens of seconds (queued).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class FleetCollector(Collector):
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "healthy": GaugeMetricFamily("kvroute_backend_healthy", "1 if the backend passes its polls",
+                                         labels=["backend"]),
+            "stale": GaugeMetricFamily("kvroute_backend_stale", "1 if the last metrics poll failed",
+                                       labels=["backend"]),
+            "draining": GaugeMetricFamily("kvroute_backend_draining", "1 if the backend takes no new requests",
+                                          labels=["backend"]),
+            "circuit": GaugeMetricFamily("kvroute_backend_circuit_state",
+                                         "circuit breaker: 0 closed, 1 half-open, 2 open", labels=["backend"]),
+            "in_flight": GaugeMetricFamily("kvroute_backend_in_flight", "requests the router has in flight there",
+                                           labels=["backend"]),
+            "waiting": GaugeMetricFamily("kvroute_backend_waiting", "vLLM's waiting requests, last poll",
+                                         labels=["backend"]),
+            "running": GaugeMetricFamily("kvroute_backend_running", "vLLM's running requests, last poll",
+                                         labels=["backend"]),
+            "kv_usage": GaugeMetricFamily("kvroute_backend_kv_usage", "vLLM's KV cache usage (0-1), last poll",
+                                          labels=["backend"]),
+            "hit_rate": GaugeMetricFamily("kvroute_backend_prefix_cache_hit_rate",
+                                          "vLLM's prefix cache hits / queries since its start", labels=["backend"]),
+        }
+        for backend in self.fleet.all():
+            state = self.fleet.state(backend)
+            labels = [backend.id]
+            families["healthy"].add_metric(labels, float(state["healthy"]))
+            families["stale"].add_metric(labels, float(state["stale"]))
+            families["draining"].add_metric(labels, float(state["draining"]))
+            families["circuit"].add_metric(labels, CIRCUIT_VALUES[state["circuit"]])
+            families["in_flight"].add_metric(labels, float(state["in_flight"]))
+            for key, name in (("waiting", "waiting"), ("running", "running"), ("kv_usage", "kv_usage"),
+                              ("prefix_cache_hit_rate", "hit_rate")):
+                if state[key] is not None:
+                    families[name].add_metric(labels, float(state[key]))
+        yield from families.values()
+
+
+class Observer:
+    def __init__(self, fleet: Fleet | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("kvroute_requests", "Requests finished, by model, backend, HTTP status and priority",
+                                ["model", "backend", "status", "priority"], registry=r)
+        self.ttft = Histogram("kvroute_ttft_seconds", "Time to first token seen by the router, per backend",
+                              ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("kvroute_e2e_seconds", "End-to-end request latency seen by the router, per backend",
+                             ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.decisions = Counter("kvroute_decisions", "Routing decisions, by the policy branch that made them",
+                                 ["branch"], registry=r)
+        self.shed_count = Counter("kvroute_shed", "Requests refused by admission control, by tier", ["tier"],
+                                  registry=r)
+        self.queued_count = Counter("kvroute_queued", "Requests held in the router's wait queue, by tier",
+                                    ["tier"], registry=r)
+        self.retries = Counter("kvroute_retries", "Upstream attempts retried on another backend, by the failed one",
+                               ["backend"], registry=r)
+        self.poll_errors = Counter("kvroute_poll_errors", "Failed backend polls, by backend and kind "
+                                   "(connect, timeout, http_status, parse, stale)", ["backend", "kind"], registry=r)
+        if fleet is not None:
+            r.register(FleetCollector(fleet))
+        # Plain running totals for the status page's charts (it differentiates them itself).
+        self.started = time.time()
+        self.requests_total = 0
+        self.errors_total = 0
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+
+    def request_done(self, model: str, backend: str, status: int | str, priority: str,
+                     ttft_s: float | None, e2e_s: float | None, branch: str | None = None) -> None:
+        """One client request finished (any outcome). backend "" when none was chosen; ttft_s None when
+        no token came back."""
+        backend = backend or "none"
+        self.requests.labels(model, backend, str(status), priority).inc()
+        if branch:
+            self.decisions.labels(branch).inc()
+        if ttft_s is not None:
+            self.ttft.labels(backend).observe(ttft_s)
+            self.ttft_sum += ttft_s
+            self.ttft_count += 1
+        if e2e_s is not None:
+            self.e2e.labels(backend).observe(e2e_s)
+        self.requests_total += 1
+        if not str(status).startswith("2"):
+            self.errors_total += 1
+
+    def shed(self, tier: str) -> None:
+        self.shed_count.labels(tier).inc()
+
+    def queued(self, tier: str) -> None:
+        self.queued_count.labels(tier).inc()
+
+    def retry(self, backend: str) -> None:
+        self.retries.labels(backend).inc()
+
+    def poll_error(self, backend: str, kind: str) -> None:
+        self.poll_errors.labels(backend, kind).inc()
+
+    def totals(self) -> dict[str, float]:
+        return {
+            "uptime_s": time.time() - self.started,
+            "requests_total": self.requests_total,
+            "errors_total": self.errors_total,
+            "ttft_sum_s": self.ttft_sum,
+            "ttft_count": self.ttft_count,
+        }
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["CONTENT_TYPE", "FleetCollector", "Observer"]

@@ -1,0 +1,314 @@
+"""The admin API (FastAPI), the status page and the router's own /metrics, on their own port.
+
+Served by uvicorn inside the gateway's event loop (one process, one loop: the admin API reads the same
+fleet and router the data plane uses, with no locks). Mutating and reading routes under /admin need
+the bearer token; `/` (a static page that fetches /admin with the token) and `/metrics` (Prometheus
+scrapers rarely carry tokens; it holds no secrets) do not. Without a token the server refuses to
+bind anything but loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvroute.admin.observe import CONTENT_TYPE
+from kvroute.config import ConfigError, as_dict
+from kvroute.control.fleet import backend_id_for
+from kvroute.control.plane import TIERS, apply_admission
+
+if TYPE_CHECKING:
+    from kvroute.gateway import Gateway
+
+log = logging.getLogger("kvroute.admin")
+
+STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """OpenAI's error shape, like every other error the router returns."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+                        status_code=status, headers=headers)
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+class BackendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="base URL of a vLLM server, e.g. http://10.0.0.5:8000")
+
+
+class PolicyUpdate(BaseModel):
+    """Every field optional; fields carry the same names as the settings (YAML/env/CLI)."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: str | None = None
+    weights: dict[str, float] | None = None
+    queue_threshold_high: int | None = Field(None, ge=0)
+    queue_threshold_normal: int | None = Field(None, ge=0)
+    queue_threshold_low: int | None = Field(None, ge=0)
+    max_wait_ms_high: float | None = Field(None, ge=0)
+    max_wait_ms_normal: float | None = Field(None, ge=0)
+    max_wait_ms_low: float | None = Field(None, ge=0)
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    settings = gateway.settings
+    fleet = gateway.fleet
+    router = gateway.router
+    observer = gateway.observer
+
+    def require_token(request: Request) -> None:
+        token = settings.admin_token
+        if not token:
+            return  # only reachable on loopback: start() refuses anything else
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise AdminError(401, "missing or wrong admin token", "authentication_error")
+
+    app = FastAPI(title="kvroute admin", version="1", docs_url="/docs", openapi_url="/openapi.json")
+    guarded = [Depends(require_token)]
+
+    @app.exception_handler(AdminError)
+    async def _admin_error(request: Request, exc: AdminError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"{where}: {first.get('msg', 'invalid request')}", "invalid_request_error")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    def backend_state(backend_id: str) -> dict[str, Any]:
+        backend = fleet.get(backend_id)
+        if backend is None:
+            raise AdminError(404, f"no backend {backend_id!r}", "not_found_error")
+        state = fleet.state(backend)
+        core = _core_backends(router).get(backend_id)
+        if core is not None:
+            state["core"] = core  # learned rates, estimated cache hits: whatever the core reports
+        return state
+
+    @app.get("/admin/backends", dependencies=guarded, summary="Every backend with its full state")
+    async def list_backends() -> dict[str, Any]:
+        core = _core_backends(router)
+        states = []
+        for backend in fleet.all():
+            state = fleet.state(backend)
+            if backend.id in core:
+                state["core"] = core[backend.id]
+            states.append(state)
+        return {"backends": states}
+
+    @app.post("/admin/backends", dependencies=guarded, status_code=201, summary="Add a backend")
+    async def add_backend(body: BackendIn) -> dict[str, Any]:
+        try:
+            backend_id = backend_id_for(body.url)
+        except ValueError as exc:
+            raise AdminError(400, str(exc)) from None
+        existing = fleet.get(backend_id)
+        if existing is not None and not existing.retiring:
+            raise AdminError(409, f"backend {backend_id!r} exists (source {existing.source})", "conflict_error")
+        await gateway.control.add_backend(body.url, source="admin")
+        log.info("admin: added backend %s", backend_id)
+        return backend_state(backend_id)
+
+    @app.delete("/admin/backends/{backend_id}", dependencies=guarded,
+                summary="Remove a backend: drained now, removed when nothing is in flight on it")
+    async def remove_backend(backend_id: str) -> dict[str, Any]:
+        backend_state(backend_id)
+        fleet.retire(backend_id)
+        fleet.tick()
+        log.info("admin: removing backend %s", backend_id)
+        return {"id": backend_id, "removed": fleet.get(backend_id) is None}
+
+    @app.post("/admin/backends/{backend_id}/drain", dependencies=guarded,
+              summary="Finish in-flight requests, take no new ones")
+    async def drain(backend_id: str) -> dict[str, Any]:
+        backend_state(backend_id)
+        fleet.set_drained(backend_id, True)
+        log.info("admin: drained backend %s", backend_id)
+        return backend_state(backend_id)
+
+    @app.post("/admin/backends/{backend_id}/undrain", dependencies=guarded, summary="Take new requests again")
+    async def undrain(backend_id: str) -> dict[str, Any]:
+        backend_state(backend_id)
+        fleet.set_drained(backend_id, False)
+        log.info("admin: undrained backend %s", backend_id)
+        return backend_state(backend_id)
+
+    def policy_state() -> dict[str, Any]:
+        name, weights = router.policy()
+        state: dict[str, Any] = {"policy": name, "weights": dict(weights)}
+        for tier in TIERS:
+            state[f"queue_threshold_{tier}"] = getattr(settings, f"queue_threshold_{tier}")
+            state[f"max_wait_ms_{tier}"] = getattr(settings, f"max_wait_ms_{tier}")
+        return state
+
+    @app.get("/admin/policy", dependencies=guarded, summary="Routing policy, its weights, admission limits")
+    async def get_policy() -> dict[str, Any]:
+        return policy_state()
+
+    @app.put("/admin/policy", dependencies=guarded, summary="Change policy, weights and/or admission limits")
+    async def put_policy(body: PolicyUpdate) -> dict[str, Any]:
+        from kvroute import _native
+
+        if body.policy is not None or body.weights is not None:
+            current, _ = router.policy()
+            try:
+                # The core validates name and weights and either applies all of them or raises.
+                router.set_policy(body.policy or current, **(body.weights or {}))
+            except (_native.KvrouteError, TypeError, ValueError) as exc:
+                raise AdminError(400, f"policy: {exc}") from None
+            settings.policy = router.policy()[0]
+        changes = body.model_dump(exclude_none=True, exclude={"policy", "weights"})
+        for key, value in changes.items():
+            setattr(settings, key, value)
+        if changes:
+            apply_admission(gateway)
+        log.info("admin: policy now %s", policy_state())
+        return policy_state()
+
+    @app.get("/admin/stats", dependencies=guarded, summary="Router-wide counters and fleet summary")
+    async def stats() -> dict[str, Any]:
+        backends = fleet.all()
+        snapshot = _snapshot(router)
+        snapshot.pop("backends", None)
+        return {
+            **observer.totals(),
+            "backends": {
+                "total": len(backends),
+                "routable": sum(b.routable() for b in backends),
+                "healthy": sum(b.healthy for b in backends),
+                "stale": sum(b.stale for b in backends),
+                "draining": sum(b.draining for b in backends),
+                "circuit_open": sum(b.breaker.is_open for b in backends),
+            },
+            "in_flight": sum(router.in_flight(b.id) for b in backends),
+            "policy": router.policy()[0],
+            "core": snapshot,
+        }
+
+    @app.get("/admin/config", dependencies=guarded, summary="Effective settings (token masked)")
+    async def config() -> dict[str, Any]:
+        return as_dict(settings)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(observer.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(STATUS_PAGE.read_text())
+
+    return app
+
+
+def _snapshot(router: Any) -> dict[str, Any]:
+    try:
+        snapshot = router.snapshot()
+    except Exception:  # the status page must not die with a core that cannot describe itself
+        log.exception("router.snapshot() failed")
+        return {}
+    return dict(snapshot) if isinstance(snapshot, dict) else {}
+
+
+def _core_backends(router: Any) -> dict[str, Any]:
+    """The core's per-backend view keyed by id, whether the snapshot lists backends as a list or a map."""
+    backends = _snapshot(router).get("backends")
+    if isinstance(backends, dict):
+        return {str(k): v for k, v in backends.items()}
+    if isinstance(backends, list):
+        return {str(item.get("id")): item for item in backends if isinstance(item, dict)}
+    return {}
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the gateway owns SIGINT/SIGTERM; uvicorn must not take them over
+
+
+class AdminServer:
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], host: str, port: int) -> None:
+        self.server = server
+        self.task = task
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+async def start(gateway: Gateway) -> AdminServer:
+    settings = gateway.settings
+    if not settings.admin_token and not is_loopback(settings.admin_host):
+        raise ConfigError(f"admin_host {settings.admin_host!r} is not loopback and no admin_token is set "
+                          "(KVROUTE_ADMIN_TOKEN): refusing to expose the admin API without authentication")
+    # Binding ourselves gives the real port before serving (admin_port 0 in tests) and fails loudly here.
+    sock = _bind(settings.admin_host, settings.admin_port)
+    config = uvicorn.Config(create_app(gateway), log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=5)
+    server = _Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="admin server")
+    while not server.started:
+        if task.done():
+            await task  # raises what went wrong
+            raise RuntimeError("admin server stopped during start-up")
+        await asyncio.sleep(0.01)
+    port = sock.getsockname()[1]
+    log.info("admin API on %s:%s", settings.admin_host, port)
+    return AdminServer(server, task, settings.admin_host, port)
+
+
+__all__ = ["AdminServer", "create_app", "is_loopback", "start"]
