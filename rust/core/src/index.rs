@@ -127,6 +127,7 @@ pub struct PrefixIndex {
     lrus: Vec<Option<Lru>>,
     // Scratch for `longest_prefix`, kept to avoid an allocation per request.
     stamp: Vec<u32>,
+    epoch: u32,
     alive: Vec<(u32, u32)>,
 }
 
@@ -142,7 +143,7 @@ impl PrefixIndex {
         }
         if self.lrus.len() <= slot as usize {
             self.lrus.resize_with(slot as usize + 1, || None);
-            self.stamp.resize(slot as usize + 1, u32::MAX);
+            self.stamp.resize(slot as usize + 1, 0);
         }
         self.lrus[slot as usize] = Some(Lru::new(capacity_blocks));
     }
@@ -222,7 +223,7 @@ impl PrefixIndex {
         alive.clear();
         alive.extend(self.holders_of(first).iter().map(|h| (h.slot, 0u32)));
         let mut depth = 1u32;
-        for (i, b) in blocks.iter().enumerate().skip(1) {
+        for b in blocks.iter().skip(1) {
             let Some(hs) = self.map.get(b) else { break };
             let hs = match hs {
                 Holders::One(x) => std::slice::from_ref(x),
@@ -231,7 +232,13 @@ impl PrefixIndex {
             // Prefix-closed sets can only shrink along a chain: an unchanged count means an
             // unchanged set, so the common case costs one lookup and one comparison.
             if hs.len() != alive.len() {
-                let epoch = i as u32;
+                // A fresh epoch per shrink step: stamps left by earlier steps or queries never match.
+                self.epoch = self.epoch.wrapping_add(1);
+                if self.epoch == 0 {
+                    self.stamp.fill(0);
+                    self.epoch = 1;
+                }
+                let epoch = self.epoch;
                 for h in hs {
                     self.stamp[h.slot as usize] = epoch;
                 }
@@ -421,5 +428,99 @@ mod tests {
         }
         let per = ix.bytes() as f64 / ix.pairs() as f64;
         assert!(per <= 64.0, "{per} bytes per indexed block");
+    }
+
+    /// Obviously-correct model: per backend an LRU-ordered Vec (front = most recent).
+    #[derive(Default)]
+    struct Model {
+        lists: Vec<Vec<u64>>,
+        caps: Vec<u64>,
+    }
+
+    impl Model {
+        fn insert(&mut self, slot: usize, blocks: &[u64]) {
+            let l = &mut self.lists[slot];
+            for &h in blocks.iter().rev() {
+                l.retain(|&x| x != h);
+                l.insert(0, h);
+            }
+            l.truncate(self.caps[slot] as usize);
+        }
+        fn longest(&self, blocks: &[u64]) -> Vec<(u32, u32)> {
+            let mut out = Vec::new();
+            for (s, l) in self.lists.iter().enumerate() {
+                let n = blocks.iter().take_while(|b| l.contains(b)).count();
+                if n > 0 {
+                    out.push((s as u32, n as u32));
+                }
+            }
+            out
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(usize, usize, usize),
+        Query(usize, usize),
+        Clear(usize),
+        Capacity(usize, u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..4usize, 0..6usize, 0..40usize).prop_map(|(s, c, n)| Op::Insert(s, c, n)),
+            3 => (0..6usize, 0..40usize).prop_map(|(c, n)| Op::Query(c, n)),
+            1 => (0..4usize).prop_map(Op::Clear),
+            1 => (0..4usize, 0..30u64).prop_map(|(s, c)| Op::Capacity(s, c)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The index answers exactly like the naive model for any interleaving of inserts, clears
+        /// and capacity changes over chains that share prefixes (as conversations do).
+        #[test]
+        fn index_matches_naive_model(ops in proptest::collection::vec(op(), 1..80)) {
+            // Six conversations sharing prefixes at various depths.
+            let base: Vec<u8> = (0..160u32).map(|i| (i * 31 % 251) as u8).collect();
+            let texts: Vec<Vec<u8>> = (0..6usize)
+                .map(|k| {
+                    let mut t = base[..k * 24].to_vec();
+                    t.extend((0..160usize).map(|i| (i as u8).wrapping_mul(k as u8 + 3)));
+                    t
+                })
+                .collect();
+            let chains: Vec<Vec<u64>> = texts.iter().map(|t| crate::request::chain_hashes(t, 4, 9)).collect();
+            let mut ix = PrefixIndex::new();
+            let mut model = Model { lists: vec![Vec::new(); 4], caps: vec![20; 4] };
+            for s in 0..4 {
+                ix.add_backend(s, 20);
+            }
+            for op in ops {
+                match op {
+                    Op::Insert(s, c, n) => {
+                        let n = n.min(chains[c].len());
+                        ix.insert(s as u32, &chains[c][..n]);
+                        model.insert(s, &chains[c][..n]);
+                    }
+                    Op::Query(c, n) => {
+                        let n = n.min(chains[c].len());
+                        proptest::prop_assert_eq!(matches(&mut ix, &chains[c][..n]), model.longest(&chains[c][..n]));
+                    }
+                    Op::Clear(s) => {
+                        ix.clear(s as u32);
+                        model.lists[s].clear();
+                    }
+                    Op::Capacity(s, c) => {
+                        ix.set_capacity(s as u32, c);
+                        model.caps[s] = c;
+                        model.lists[s].truncate(c as usize);
+                    }
+                }
+                for s in 0..4 {
+                    proptest::prop_assert_eq!(ix.len(s as u32), model.lists[s].len() as u64);
+                }
+            }
+        }
     }
 }

@@ -12,6 +12,8 @@ pub mod policy;
 pub mod request;
 pub mod rng;
 pub mod router;
+#[cfg(test)]
+mod router_tests;
 pub mod snapshot;
 
 pub use backend::BackendUpdate;

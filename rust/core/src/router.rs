@@ -346,7 +346,8 @@ impl Router {
     }
 
     /// Predicted TTFT on `b` for a request with `uncached` tokens to prefill (see docs/routing.md).
-    fn predict(w: &Weights, b: &Backend, uncached: u64) -> f64 {
+    /// The Python reference (`kvroute.reference`) repeats this arithmetic operation for operation.
+    pub fn predict(w: &Weights, b: &Backend, uncached: u64) -> f64 {
         let l = &b.learned;
         let rate = l.prefill_rate;
         let others_waiting = b.waiting.saturating_sub(b.pending);
@@ -357,7 +358,8 @@ impl Router {
         let queue_s = work_ahead / rate + slot_wait;
         let decoding = b.running.max(b.in_flight - b.pending) as f64;
         let pressure = ((b.kv_usage - w.kv_knee) / (1.0 - w.kv_knee)).clamp(0.0, 1.0);
-        w.queue_weight * queue_s
+        l.overhead_s
+            + w.queue_weight * queue_s
             + w.prefill_weight * (uncached as f64 / rate)
             + w.decode_weight * decoding
             + w.kv_weight * pressure
@@ -704,15 +706,11 @@ impl Router {
     }
 
     /// Up to `limit` waiters (in priority, age order) that some backend now has room for, or whose
-    /// model lost all its backends (resume will reject them rather than leave them hanging).
-    pub fn wakeable(&mut self, limit: usize) -> Vec<u64> {
+    /// model lost all its usable backends (resume will reject them rather than leave them hanging).
+    pub fn wakeable(&self, limit: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        if self.wait_order.is_empty() {
-            return out;
-        }
-        let busy = self.order.iter().any(|&s| self.backend(s).in_flight > 0);
         for (&(tier, _), &id) in &self.wait_order {
-            if out.len() >= limit && busy {
+            if out.len() >= limit {
                 break;
             }
             let w = &self.waiters[&id];
@@ -733,7 +731,7 @@ impl Router {
                     break;
                 }
             }
-            if room || !any || !busy {
+            if room || !any {
                 out.push(id);
             }
         }
