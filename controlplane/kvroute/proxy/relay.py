@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING
 
 from kvroute._native import MalformedRequest, Queued, Rejected, Routed
+from kvroute.admin.logs import request_id
 from kvroute.proxy import http
 from kvroute.proxy.sse import StreamScanner, Usage, ask_for_usage, error_event, usage_of_json
 from kvroute.proxy.upstream import Target, UpstreamConnection, UpstreamError
@@ -83,6 +84,7 @@ class Dispatcher:
         self.loop = server.loop
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.budget = RetryBudget(settings.retry_budget)
+        self.observer = getattr(gateway, "observer", None)
         self.api_key_tiers = {key.encode(): tier for key, tier in settings.api_key_tiers.items()}
 
     # -- surface --
@@ -145,7 +147,24 @@ class Dispatcher:
     # -- the proxied path --
 
     async def forward(self, conn: ClientConnection, req: Request, endpoint: str) -> None:
+        """Proxy one OpenAI request, and record its outcome for the admin API's metrics."""
+        started = self.loop.time()
         rid = req.header(b"x-request-id") or new_request_id()
+        request_id.set(rid.decode(errors="replace"))  # log lines of this request carry it
+        cut_off = True
+        try:
+            await self._forward(conn, req, endpoint, rid)
+            cut_off = False
+        finally:
+            if self.observer is not None:
+                # 499: the client went away first (nginx's name for it); a cut-off after sending keeps its status.
+                status = req.status
+                if cut_off and not status:
+                    status = 499 if conn.closed else 503
+                self.observer.request_done(req.model, req.backend, status, req.priority, req.ttft,
+                                           self.loop.time() - started, req.branch or None)
+
+    async def _forward(self, conn: ClientConnection, req: Request, endpoint: str, rid: bytes) -> None:
         ctype = req.header(b"content-type")
         if ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
             return self._error(conn, req, 415, "content-type must be application/json", "unsupported_media_type",
@@ -154,6 +173,7 @@ class Dispatcher:
         if priority is None:
             return self._error(conn, req, 400, "x-priority must be one of high, normal, low", "invalid_priority",
                                param="x-priority", rid=rid)
+        req.priority = priority
         session = req.header(b"x-session-id")
         session_key = session.decode(errors="replace") if session is not None else None
         router = self.router
@@ -167,7 +187,10 @@ class Dispatcher:
         failure: Failure | None = None
         payload: tuple[bytes, bool] | None = None
         while True:
+            req.model = decision.model
             if isinstance(decision, Queued):
+                if self.observer is not None and not excluded:
+                    self.observer.queued(priority)
                 woken = await self._wait_turn(decision)
                 if woken is None:
                     return self._error(conn, req, 503, f"waited in the {priority} queue past its limit",
@@ -179,6 +202,7 @@ class Dispatcher:
                     return self._fail(conn, req, failure, rid)
                 return self._rejected(conn, req, decision, rid)
             assert isinstance(decision, Routed)
+            req.backend, req.branch = decision.backend_id, decision.branch
             if payload is None:
                 payload = ask_for_usage(req.body) if decision.stream and endpoint != "embeddings" else (req.body, False)
             failure = await self._attempt(conn, req, rid, decision, payload)
@@ -187,6 +211,8 @@ class Dispatcher:
             excluded.append(decision.backend_id)
             if len(excluded) > self.settings.retry_attempts or not self.budget.withdraw():
                 return self._fail(conn, req, failure, rid)
+            if self.observer is not None:
+                self.observer.retry(decision.backend_id)
             decision = router.route(req.body, endpoint, priority, session_key, excluded)
 
     def _priority(self, req: Request) -> str | None:
@@ -291,7 +317,7 @@ class Dispatcher:
             usage_of_json(data, usage)
             ok = status < 500
             self.fleet.report(backend_id, ok, None if ok else "http_5xx")
-            req.responded = True
+            req.status = up.status
             conn.write(self._relayed(up, routed, rid, req, data))
             return None
         finally:
@@ -327,11 +353,12 @@ class Dispatcher:
             out = scanner.feed(piece)
             if scanner.first_content and timeout == settings.first_byte_timeout:
                 timeout = settings.idle_timeout
-                self.router.first_token(routed.ticket, loop.time() - started)
+                req.ttft = loop.time() - started
+                self.router.first_token(routed.ticket, req.ttft)
             if not out:
                 continue
             if not req.responded:
-                req.responded = req.streaming = True
+                req.status, req.streaming = up.status, True
                 conn.write(self._stream_head(up, routed, rid, req, chunked) + (http.chunk(out) if chunked else out))
             else:
                 conn.write(http.chunk(out) if chunked else out)
@@ -339,7 +366,7 @@ class Dispatcher:
         rest = scanner.rest()
         tail = (http.chunk(rest) if rest else b"") + http.LAST_CHUNK if chunked else rest
         if not req.responded:
-            req.responded = True
+            req.status = up.status
             conn.write(self._stream_head(up, routed, rid, req, chunked) + tail)
         else:
             conn.write(tail)
@@ -403,7 +430,7 @@ class Dispatcher:
     # -- answers the router gives itself --
 
     def _json(self, conn: ClientConnection, req: Request, status: int, body: bytes) -> None:
-        req.responded = True
+        req.status = status
         conn.write(http.response(status, body, [], req.keep_alive and not self.server.draining))
 
     def _error(self, conn: ClientConnection, req: Request, status: int, message: str, code: str, *,
@@ -411,13 +438,13 @@ class Dispatcher:
         headers = list(extra or [])
         if rid is not None:
             headers.append(b"x-request-id: " + rid + b"\r\n")
-        req.responded = True
+        req.status = status
         conn.write(http.response(status, http.error_body(status, message, code, param), headers,
                                  req.keep_alive and not self.server.draining))
 
     def _fail(self, conn: ClientConnection, req: Request, failure: Failure, rid: bytes) -> None:
         if failure.raw is not None:
-            req.responded = True
+            req.status = failure.status
             conn.write(failure.raw)
             return
         self._error(conn, req, failure.status, failure.message, failure.code, rid=rid)
@@ -430,6 +457,8 @@ class Dispatcher:
                                "model_not_found", param="model", rid=rid)
         if reason == "no_backend":
             return self._error(conn, req, 503, message, "no_backend", rid=rid)
+        if self.observer is not None:
+            self.observer.shed(rejected.tier)
         retry_after = max(1, int(-(-rejected.retry_after_s // 1)))
         text = f"{message} (tier {rejected.tier})" if rejected.tier not in message else message
         self._error(conn, req, 429, text, "overloaded" if reason == "shed" else reason, rid=rid,

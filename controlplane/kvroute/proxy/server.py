@@ -32,7 +32,7 @@ _MAX_PIPELINED = 16
 
 class Request:
     __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11", "reject",
-                 "responded", "streaming")
+                 "status", "streaming", "backend", "branch", "model", "ttft", "priority")
 
     def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                  keep_alive: bool, http11: bool, reject: int) -> None:
@@ -45,8 +45,18 @@ class Request:
         self.keep_alive = keep_alive
         self.http11 = http11
         self.reject = reject  # a status decided while parsing (413), 0 if none
-        self.responded = False  # a status line went to the client
+        self.status = 0  # the status sent to the client, 0 while nothing was sent
         self.streaming = False  # ... and the body is an open chunked stream
+        # For the record (admin metrics): where the request went, why, for which model, its TTFT.
+        self.backend = ""
+        self.branch = ""
+        self.model = ""
+        self.ttft: float | None = None
+        self.priority = "normal"
+
+    @property
+    def responded(self) -> bool:
+        return self.status != 0
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
