@@ -81,13 +81,19 @@ class VllmServer:
 
     @property
     def kv_events_endpoint(self) -> str:
+        """Where a subscriber must *bind* its SUB socket to receive this server's KV events.
+
+        vLLM's publisher binds only wildcard endpoints ("tcp://*:P", which would listen on every
+        interface) and connects to any other; so the server is told to connect to 127.0.0.1:P and
+        the consumer binds there. ZMQ reconnects on its own, so the consumer may bind any time.
+        """
         return f"tcp://127.0.0.1:{self.kv_events_port}"
 
     def command(self) -> list[str]:
         kv_events = {
             "enable_kv_cache_events": True,
             "publisher": "zmq",
-            "endpoint": f"tcp://127.0.0.1:{self.kv_events_port}",
+            "endpoint": self.kv_events_endpoint,
             "topic": "",
         }
         return [
