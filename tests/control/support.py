@@ -15,7 +15,7 @@ from kvroute.config import Settings
 from kvroute.gateway import Gateway
 from kvroute.sim import SimFleet
 
-FAST = dict(poll_interval=0.1, poll_timeout=0.1, unhealthy_after=2, healthy_after=2,
+FAST = dict(poll_interval=0.2, poll_timeout=0.2, unhealthy_after=2, healthy_after=2,
             breaker_failures=3, breaker_cooldown=0.3, policy="round_robin")
 
 

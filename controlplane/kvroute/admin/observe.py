@@ -24,44 +24,36 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
+# (state key, metric name, help): one gauge per backend for each; None values are left out.
+BACKEND_GAUGES = (
+    ("healthy", "kvroute_backend_healthy", "1 if the backend passes its polls"),
+    ("stale", "kvroute_backend_stale", "1 if the last metrics poll failed"),
+    ("draining", "kvroute_backend_draining", "1 if the backend takes no new requests"),
+    ("circuit", "kvroute_backend_circuit_state", "circuit breaker: 0 closed, 1 half-open, 2 open"),
+    ("in_flight", "kvroute_backend_in_flight", "requests the router has in flight there"),
+    ("waiting", "kvroute_backend_waiting", "vLLM's waiting requests, last poll"),
+    ("running", "kvroute_backend_running", "vLLM's running requests, last poll"),
+    ("kv_usage", "kvroute_backend_kv_usage", "vLLM's KV cache usage (0-1), last poll"),
+    ("prefix_cache_hit_rate", "kvroute_backend_prefix_cache_hit_rate",
+     "vLLM's prefix cache hits / queries since its start"),
+)
+
+
 class FleetCollector(Collector):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        families = {
-            "healthy": GaugeMetricFamily("kvroute_backend_healthy", "1 if the backend passes its polls",
-                                         labels=["backend"]),
-            "stale": GaugeMetricFamily("kvroute_backend_stale", "1 if the last metrics poll failed",
-                                       labels=["backend"]),
-            "draining": GaugeMetricFamily("kvroute_backend_draining", "1 if the backend takes no new requests",
-                                          labels=["backend"]),
-            "circuit": GaugeMetricFamily("kvroute_backend_circuit_state",
-                                         "circuit breaker: 0 closed, 1 half-open, 2 open", labels=["backend"]),
-            "in_flight": GaugeMetricFamily("kvroute_backend_in_flight", "requests the router has in flight there",
-                                           labels=["backend"]),
-            "waiting": GaugeMetricFamily("kvroute_backend_waiting", "vLLM's waiting requests, last poll",
-                                         labels=["backend"]),
-            "running": GaugeMetricFamily("kvroute_backend_running", "vLLM's running requests, last poll",
-                                         labels=["backend"]),
-            "kv_usage": GaugeMetricFamily("kvroute_backend_kv_usage", "vLLM's KV cache usage (0-1), last poll",
-                                          labels=["backend"]),
-            "hit_rate": GaugeMetricFamily("kvroute_backend_prefix_cache_hit_rate",
-                                          "vLLM's prefix cache hits / queries since its start", labels=["backend"]),
-        }
+        families = [(key, GaugeMetricFamily(name, help_text, labels=["backend"]))
+                    for key, name, help_text in BACKEND_GAUGES]
         for backend in self.fleet.all():
             state = self.fleet.state(backend)
-            labels = [backend.id]
-            families["healthy"].add_metric(labels, float(state["healthy"]))
-            families["stale"].add_metric(labels, float(state["stale"]))
-            families["draining"].add_metric(labels, float(state["draining"]))
-            families["circuit"].add_metric(labels, CIRCUIT_VALUES[state["circuit"]])
-            families["in_flight"].add_metric(labels, float(state["in_flight"]))
-            for key, name in (("waiting", "waiting"), ("running", "running"), ("kv_usage", "kv_usage"),
-                              ("prefix_cache_hit_rate", "hit_rate")):
+            state["circuit"] = CIRCUIT_VALUES[state["circuit"]]
+            for key, family in families:
                 if state[key] is not None:
-                    families[name].add_metric(labels, float(state[key]))
-        yield from families.values()
+                    family.add_metric([backend.id], float(state[key]))
+        for _, family in families:
+            yield family
 
 
 class Observer:

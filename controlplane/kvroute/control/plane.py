@@ -70,7 +70,8 @@ class ControlPlane:
         self.poller = Poller(fleet, self.client, settings, errors=getattr(self.gateway, "observer", None))
         discovery.Reconciler(fleet, "static").apply(
             {target.url: target for target in (discovery.Target(url.rstrip("/")) for url in settings.backend)})
-        self.source = discovery.from_settings(settings)
+        if self.source is None:  # a test may have put a source with an injected resolver here
+            self.source = discovery.from_settings(settings)
         if self.source is not None:
             first = asyncio.Event()
             reconciler = discovery.Reconciler(fleet, self.source.source, on_added=self._probe_soon)
