@@ -87,10 +87,10 @@ async def test_throughput_saturates_and_queue_grows() -> None:
 def test_profiles_roofline() -> None:
     l4, t4, h100 = BUILTIN["qwen2.5-1.5b-l4"], BUILTIN["qwen2.5-1.5b-t4"], BUILTIN["llama-3.1-8b-h100"]
     # Decode at batch 1 is bound by reading the weights once.
-    assert l4.step_seconds(1, 1024) == pytest.approx(l4.step_overhead_s + (l4.weight_bytes + 1024 * l4.kv_bytes_per_token)
-                                                     / l4.memory_bandwidth)
+    weights = l4.weight_bytes / l4.memory_bandwidth
+    assert l4.step_seconds(1, 1024) == pytest.approx(l4.step_overhead_s + weights, rel=0.05)
     # A 2048-token prefill is compute-bound at the profile's prefill rate.
-    assert l4.step_seconds(2048, 2048) == pytest.approx(l4.step_overhead_s + 2048 / l4.prefill_tokens_per_s)
+    assert l4.step_seconds(2048, 2048) == pytest.approx(l4.step_overhead_s + 2048 / l4.prefill_tokens_per_s, rel=0.1)
     assert h100.prefill_tokens_per_s > l4.prefill_tokens_per_s > t4.prefill_tokens_per_s
     for p in (l4, t4, h100):
         assert p.kv_blocks() > 10_000

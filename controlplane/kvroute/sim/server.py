@@ -77,8 +77,8 @@ class SimInstance:
                              default_max_tokens=default_max_tokens,
                              enable_prefix_caching=enable_prefix_caching)
         self.engine.output_vocab = tokenizer.output_ids()
-        self._rng = random.Random(hash((seed, index, "faults")))
-        self._id_rng = random.Random(hash((seed, index, "ids")))
+        self._rng = random.Random(f"{seed}:{index}:faults")  # str seeds are hashed stably (sha512)
+        self._id_rng = random.Random(f"{seed}:{index}:ids")
         self.created = time.time()
         # fault state
         self.error_rate = 0.0

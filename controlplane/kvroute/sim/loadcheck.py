@@ -1,0 +1,140 @@
+"""How much load `kvroute sim` serves with honest timing: `python -m kvroute.sim.loadcheck`.
+
+Starts `kvroute sim` in a child process (so the simulator has its own core, as in use), offers
+open-loop Poisson traffic of streamed chat requests from this process, and reports what was
+reached: request rate, the simulator's CPU use, and how late engine steps were delivered against
+the simulated clock (lag). Timing is honest while steps go out close to their deadlines: then the
+TTFT a client measures matches the TTFT the simulator reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+import aiohttp
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-c", "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))",
+           "--instances", str(args.instances), "--base-port", "0", "--profile", args.profile,
+           "--time-scale", str(args.time_scale), "--seed", str(args.seed)]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        urls = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))["urls"]
+        rng = random.Random(args.seed)
+        systems = [" ".join(f"rule{j}x{i}" for j in range(args.system_words)) for i in range(8)]
+        ttfts: list[float] = []
+        errors = 0
+        done = 0
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as http:
+
+            async def one(i: int) -> None:
+                nonlocal errors, done
+                url = urls[i % len(urls)]
+                body = {"model": "sim-model", "stream": True,
+                        "max_tokens": max(1, int(rng.expovariate(1 / args.max_tokens))),
+                        "messages": [{"role": "system", "content": rng.choice(systems)},
+                                     {"role": "user", "content": f"question {i} " + "word " * args.user_words}]}
+                t0 = time.perf_counter()
+                try:
+                    async with http.post(url + "/v1/chat/completions", json=body) as r:
+                        async for data in r.content.iter_any():
+                            # The role chunk goes out before any token; TTFT is the first content.
+                            if t0 and b'"delta":{"content"' in data:
+                                ttfts.append(time.perf_counter() - t0)
+                                t0 = 0.0
+                        done += 1
+                except aiohttp.ClientError:
+                    errors += 1
+
+            tasks = []
+            cpu0 = _cpu_seconds(proc.pid)
+            start = time.perf_counter()
+            t = 0.0
+            n = 0
+            while t < args.duration:
+                t += rng.expovariate(args.rate)
+                delay = start + t - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(n)))
+                n += 1
+            offered_s = time.perf_counter() - start
+            cpu1 = _cpu_seconds(proc.pid)
+            await asyncio.gather(*tasks)
+            states = []
+            ttft_sum = ttft_count = 0.0
+            for url in urls:
+                async with http.get(url + "/sim/state") as r:
+                    states.append(await r.json())
+                async with http.get(url + "/metrics") as r:
+                    for line in (await r.text()).splitlines():
+                        if line.startswith("vllm:time_to_first_token_seconds_sum"):
+                            ttft_sum += float(line.rsplit(" ", 1)[1])
+                        elif line.startswith("vllm:time_to_first_token_seconds_count"):
+                            ttft_count += float(line.rsplit(" ", 1)[1])
+        steps = sum(s["steps"] for s in states)
+        ttfts.sort()
+        return {
+            "instances": args.instances, "profile": args.profile, "time_scale": args.time_scale,
+            "offered_rate": round(n / offered_s, 1), "requests": n, "completed": done, "errors": errors,
+            "sim_cpu_fraction_of_one_core": round((cpu1 - cpu0) / offered_s, 2),
+            "generation_tokens": sum(s["generation_tokens"] for s in states),
+            "tokens_per_s": round(sum(s["generation_tokens"] for s in states) / offered_s),
+            "steps": steps,
+            "lag_mean_ms": round(1000 * sum(s["lag_mean_s"] * s["steps"] for s in states) / max(1, steps), 2),
+            "lag_max_ms": round(1000 * max(s["lag_max_s"] for s in states), 1),
+            "steps_late_over_5ms_pct": round(100 * sum(s["lag_over_5ms"] for s in states) / max(1, steps), 2),
+            "max_waiting": max(s["waiting"] for s in states),
+            # Simulated TTFT is in simulated seconds: divide by time_scale to compare.
+            "sim_ttft_mean_ms": round(1000 * ttft_sum / max(1.0, ttft_count) / args.time_scale, 1),
+            "client_ttft_mean_ms": round(1000 * statistics.fmean(ttfts), 1) if ttfts else None,
+            "client_ttft_p50_ms": round(1000 * ttfts[len(ttfts) // 2], 1) if ttfts else None,
+            "client_ttft_p99_ms": round(1000 * ttfts[int(len(ttfts) * 0.99)], 1) if ttfts else None,
+            "prefix_hit_rate": round(sum(s["prefix_cache_hits"] for s in states)
+                                     / max(1, sum(s["prefix_cache_queries"] for s in states)), 3),
+        }
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kvroute.sim.loadcheck")
+    p.add_argument("--instances", type=int, default=16)
+    p.add_argument("--rate", type=float, default=200.0, help="offered requests/s over the whole fleet")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--profile", default="qwen2.5-1.5b-l4")
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=float, default=128, help="mean of the exponential answer length")
+    p.add_argument("--system-words", type=int, default=300)
+    p.add_argument("--user-words", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+
+        result = uvloop.run(run(args))
+    except ImportError:  # pragma: no cover
+        result = asyncio.run(run(args))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
