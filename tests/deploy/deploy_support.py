@@ -4,6 +4,7 @@ have a conftest and `import conftest` would pick whichever was loaded first). St
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,6 +15,7 @@ from kvroute.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
+DASHBOARD = DEPLOY / "grafana" / "kvroute-dashboard.json"
 SETTINGS_KEYS = frozenset(f.name for f in dataclasses.fields(Settings))
 
 
@@ -46,3 +48,36 @@ def containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def env_var_settings_key(name: str) -> str | None:
     """KVROUTE_QUEUE_THRESHOLD_LOW -> queue_threshold_low; None for other variables."""
     return name[len("KVROUTE_"):].lower() if name.startswith("KVROUTE_") else None
+
+
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+    "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "vector",
+    "scalar", "abs", "ceil", "floor", "round", "clamp_min", "clamp_max", "label_replace", "label_join",
+    "time", "timestamp", "absent", "changes", "resets", "sort", "sort_desc", "avg_over_time",
+    "max_over_time", "min_over_time", "sum_over_time", "count_over_time", "last_over_time", "le",
+}
+
+
+def dashboard_queries(dashboard: dict) -> list[str]:
+    exprs = []
+    for panel in dashboard["panels"]:
+        for nested in [panel, *panel.get("panels", [])]:
+            exprs += [t["expr"] for t in nested.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            exprs.append(query["query"])
+    return exprs
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL (or Grafana label_values) expression reads."""
+    expr = re.sub(r"\{[^}]*\}", "", expr)                    # label matchers
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
+    expr = re.sub(r"\[[^\]]*\]", "", expr)                    # range selectors ($__rate_interval)
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"label_values\(([^,]+),[^)]*\)", r"\1", expr)  # Grafana's variable query function
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
+    return {w for w in words if w not in PROMQL_WORDS and not w.startswith("$")}

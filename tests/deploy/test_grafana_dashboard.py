@@ -8,9 +8,8 @@ import re
 
 import pytest
 
-from deploy_support import DEPLOY
+from deploy_support import DASHBOARD, dashboard_queries, metric_names
 
-DASHBOARD = DEPLOY / "grafana" / "kvroute-dashboard.json"
 
 # The names kvroute/admin/observe.py declares, for a checkout where that module is missing; when it is
 # importable the test reads the real registry instead.
@@ -25,14 +24,6 @@ SNAPSHOT = {
 # The series names Prometheus scrapes for each metric type.
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
             "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
-PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
-    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-    "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "vector",
-    "scalar", "abs", "ceil", "floor", "round", "clamp_min", "clamp_max", "label_replace", "label_join",
-    "time", "timestamp", "absent", "changes", "resets", "sort", "sort_desc", "avg_over_time",
-    "max_over_time", "min_over_time", "sum_over_time", "count_over_time", "last_over_time", "le",
-}
 
 
 def _families() -> dict[str, str]:
@@ -54,28 +45,6 @@ def _exposed() -> set[str]:
     return {name + suffix for name, kind in _families().items() for suffix in SUFFIXES[kind]}
 
 
-def _queries(dashboard: dict) -> list[str]:
-    exprs = []
-    for panel in dashboard["panels"]:
-        for nested in [panel, *panel.get("panels", [])]:
-            exprs += [t["expr"] for t in nested.get("targets", [])]
-    for variable in dashboard["templating"]["list"]:
-        query = variable.get("query")
-        if isinstance(query, dict):
-            exprs.append(query["query"])
-    return exprs
-
-
-def _metric_names(expr: str) -> set[str]:
-    expr = re.sub(r"\{[^}]*\}", "", expr)                    # label matchers
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
-    expr = re.sub(r"\[[^\]]*\]", "", expr)                    # range selectors ($__rate_interval)
-    expr = re.sub(r'"[^"]*"', "", expr)
-    expr = re.sub(r"label_values\(([^,]+),[^)]*\)", r"\1", expr)  # Grafana's variable query function
-    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
-    return {w for w in words if w not in PROMQL_WORDS and not w.startswith("$")}
-
-
 def test_dashboard_parses_with_unique_ids():
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] and dashboard["title"]
@@ -90,7 +59,7 @@ def test_dashboard_parses_with_unique_ids():
 def test_every_queried_metric_is_exposed():
     dashboard = json.loads(DASHBOARD.read_text())
     exposed = _exposed()
-    queried = set().union(*(_metric_names(e) for e in _queries(dashboard)))
+    queried = set().union(*(metric_names(e) for e in dashboard_queries(dashboard)))
     assert queried, "no metric found in the dashboard's queries"
     assert queried <= exposed, f"the router exposes no {sorted(queried - exposed)}"
 
@@ -99,7 +68,7 @@ def test_the_extractor_sees_what_it_should():
     # Guards the check above against an extractor that silently finds nothing.
     expr = ('histogram_quantile(0.9, sum by (le) (rate(kvroute_ttft_seconds_bucket{namespace=~"$ns"}'
             '[$__rate_interval]))) / ignoring(branch) group_left sum(kvroute_x_total)')
-    assert _metric_names(expr) == {"kvroute_ttft_seconds_bucket", "kvroute_x_total"}
+    assert metric_names(expr) == {"kvroute_ttft_seconds_bucket", "kvroute_x_total"}
 
 
 def test_snapshot_matches_the_registry():

@@ -189,3 +189,27 @@ def test_kustomize_build_puts_everything_in_one_namespace(folder):
             assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
         for subject in doc.get("subjects", []):
             assert subject["namespace"] == namespace
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its built-in kustomize) not installed")
+def test_local_overlay_builds_with_sim_backends_and_the_dev_image():
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "local")], check=True, capture_output=True,
+                         text=True, timeout=60).stdout
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    gateway = rendered["Deployment", "kvroute"]
+    (container,) = containers(gateway)
+    assert container["image"] == "kvroute:dev" and gateway["spec"]["replicas"] == 1
+    # The generated Secret gets a hash suffix; the Deployment must point at that name.
+    secret_ref = {e["name"]: e for e in container["env"]}["KVROUTE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ("Secret", secret_ref["name"]) in rendered
+    assert ("Service", "vllm") in rendered and ("Deployment", "vllm") in rendered
+
+
+def test_local_sim_backends_run_the_simulator_cli():
+    sim_cli = pytest.importorskip("kvroute.sim.cli")
+    local = objects(DEPLOY / "local")
+    (container,) = containers(local["Deployment", "vllm"])
+    assert container["args"][0] == "sim"
+    args = sim_cli.build_parser().parse_args(container["args"][1:])
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert (args.host, args.base_port, args.instances) == ("0.0.0.0", port, 1)
