@@ -138,7 +138,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
                 raise TypeError("a string")
             return str(raw)
     except (TypeError, ValueError) as exc:
-        expected = exc.args[0] if isinstance(exc, TypeError) else f"a value of type {kind.__name__}"
+        names = {int: "an integer", float: "a number"}
+        expected = exc.args[0] if isinstance(exc, TypeError) else names.get(kind, f"a {kind.__name__}")
         raise ConfigError(f"{source}: key {name!r} must be {expected}, got {raw!r}") from None
     raise ConfigError(f"{source}: key {name!r} has an unsupported type")
 
@@ -260,9 +261,13 @@ def as_dict(settings: Settings) -> dict[str, Any]:
 
 
 def parse_settings(argv: Sequence[str]) -> Settings:
+    """Settings for `kvroute serve`; a configuration error exits with its message, not a traceback."""
     parser = argparse.ArgumentParser(prog="kvroute serve")
     add_arguments(parser)
-    return load(parser.parse_args(list(argv)))
+    try:
+        return load(parser.parse_args(list(argv)))
+    except ConfigError as exc:
+        parser.exit(2, f"kvroute serve: configuration error: {exc}\n")
 
 
 __all__ = ["ConfigError", "Settings", "add_arguments", "load", "from_yaml", "from_mapping", "as_dict", "parse_settings",
