@@ -21,7 +21,7 @@ def test_demo_prints_a_table_per_backend_and_a_curl_line() -> None:
         capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    table = out.stdout.split("TTFT p99 ms", 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    table = out.stdout.split("cached %", 1)[1].split("\n\n", 1)[0].strip().splitlines()
     assert len(table) == 4, out.stdout  # one row per simulated backend: the workload reached all four
     assert sum(int(row.split()[1]) for row in table) == 40
     assert "40/40 requests ok" in out.stdout

@@ -51,9 +51,10 @@ def test_wheel_cli_help_runs_outside_the_source_tree(wheel_venv: Path, tmp_path:
 
 def test_wheel_sim_serves_openai_models(wheel_venv: Path, tmp_path: Path) -> None:
     port = _free_port()
+    log = (tmp_path / "sim.log").open("w")
     proc = subprocess.Popen(
         [str(wheel_venv / "bin" / "kvroute"), "sim", "--instances", "1", "--base-port", str(port)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
@@ -65,7 +66,7 @@ def test_wheel_sim_serves_openai_models(wheel_venv: Path, tmp_path: Path) -> Non
                 break
             except OSError:
                 time.sleep(0.2)
-        assert models is not None, f"sim never answered; exit={proc.poll()}"
+        assert models is not None, f"sim never answered; exit={proc.poll()}: {(tmp_path / 'sim.log').read_text()}"
         assert models["object"] == "list" and models["data"], models
     finally:
         proc.send_signal(signal.SIGINT)
@@ -74,3 +75,4 @@ def test_wheel_sim_serves_openai_models(wheel_venv: Path, tmp_path: Path) -> Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
