@@ -8,7 +8,7 @@ Per contender, non-streamed and streamed chat:
   * an open loop at a fixed rate (default 500 req/s) over pooled connections: latency p50/p99 and
     the router's CPU time per request;
   * `wrk -t1 -c32` for the maximum rate, with the router's CPU time per request.
-"Added" is the contender's figure minus the direct one. Results go to bench/results/overhead-*.json;
+"Added" is the contender's figure minus the direct one. Results go to bench/overhead/results/overhead-*.json;
 docs/benchmarks.md quotes them. The backend, the router, wrk and this client share the machine's
 cores, as they would on a small box; nothing here is a test.
 """
@@ -36,7 +36,7 @@ from bench.overhead.instant_backend import MODEL
 from bench.run import machine
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE.parent / "results"
+RESULTS = HERE / "results"
 CHAT = json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "You are a helpful assistant."},
                                                 {"role": "user", "content": "Hello! Who are you?"}],
                    "max_tokens": 16}, separators=(",", ":"))
@@ -185,7 +185,7 @@ _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 def wrk(port: int, stream: bool, seconds: float, connections: int = 32) -> dict[str, float]:
     env = dict(os.environ, BENCH_STREAM="1" if stream else "0")
-    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s",
                            str(HERE / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"],
                           capture_output=True, text=True, env=env, check=True)
     out = done.stdout

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -157,6 +159,28 @@ async def running_gateway(backends: list[str], **overrides: object) -> AsyncIter
         yield gateway
     finally:
         await gateway.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_process(*args: str, workers: int = 1) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`kvroute serve` as a child process on a run-time port; yields it and its port once every worker listens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvroute.cli", "serve", "--workers", str(workers), "--port", "0", "--admin-port", "0",
+        "--poll-interval", "30", *args, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        ports: list[int] = []
+        while len(ports) < workers:
+            line = (await process.stderr.readline()).decode()
+            assert line, "the router exited before listening"
+            if found := re.search(r"kvroute listening on [^ ]+:(\d+)", line):
+                ports.append(int(found.group(1)))
+        assert len(set(ports)) == 1, ports
+        yield process, ports[0]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 def base(gateway: Gateway) -> str:

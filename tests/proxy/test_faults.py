@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
-import sys
 
 import httpx
 
 from kvroute.sim import SimFleet
 
-from .helpers import Exchange, base, chat_body, eventually, in_flight, running_gateway
+from .helpers import Exchange, base, chat_body, eventually, in_flight, running_gateway, serve_process
 
 JSON = {"content-type": "application/json"}
 
@@ -125,19 +122,7 @@ async def test_idle_gap_mid_stream_ends_with_an_error_event(scripted) -> None:
 
 async def test_sigterm_drains_a_live_stream_to_completion() -> None:
     async with SimFleet(instances=1, per_token_delay=0.01) as fleet:
-        env = dict(os.environ, KVROUTE_LOG_LEVEL="info")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kvroute.cli", "serve", "--backend", fleet.urls[0], "--port", "0",
-            "--admin-port", "0", "--grace-period", "30", "--poll-interval", "30", env=env,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            assert process.stderr is not None
-            port = None
-            while port is None:
-                line = (await process.stderr.readline()).decode()
-                assert line, "router exited before listening"
-                found = re.search(r"kvroute listening on [^ ]+:(\d+)", line)
-                port = int(found.group(1)) if found else None
+        async with serve_process("--backend", fleet.urls[0], "--grace-period", "30") as (process, port):
             async with httpx.AsyncClient(timeout=30) as client:
                 async with client.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
                                          content=chat_body(model="sim-model", stream=True, max_tokens=60),
@@ -151,7 +136,3 @@ async def test_sigterm_drains_a_live_stream_to_completion() -> None:
             assert events[-1] == "[DONE]"
             assert not any("error" in json.loads(e) for e in events[:-1])
             assert await asyncio.wait_for(process.wait(), 30) == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()

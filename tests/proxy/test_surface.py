@@ -134,6 +134,7 @@ async def test_debug_headers_name_backend_and_branch(scripted) -> None:
         response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
         assert response.headers["x-kvroute-backend"] == gw.fleet.all()[0].id
         assert response.headers["x-kvroute-branch"]
+        assert gw.observer.requests_total == 1  # the admin API's metrics saw it
 
 
 async def test_embeddings_and_responses_are_passed_through(scripted) -> None:
@@ -211,3 +212,26 @@ async def test_waiting_past_the_tier_limit_is_503(scripted) -> None:
         await held
         assert gw.router.snapshot() is not None
         assert not gw.proxy.dispatcher.waiters
+
+
+async def test_pipelined_requests_are_answered_in_order_and_100_continue_is_sent(scripted) -> None:
+    async def echo(ex: Exchange) -> None:
+        await ex.json(200, ex.request.body)
+
+    backend = await scripted(echo)
+    async with running_gateway([backend.url]) as gw:
+        one, two = chat_body("one"), chat_body("two")
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+        writer.write(head % len(one) + b"\r\n" + one + head % len(two) + b"\r\n" + two)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(two):
+            received += await reader.read(65536)
+        assert received.index(one) < received.index(two)
+
+        writer.write(head % len(one) + b"expect: 100-continue\r\n\r\n")
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(one)
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        assert in_flight(gw) == 0
