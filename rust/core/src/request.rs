@@ -311,9 +311,13 @@ impl Message<'_> {
 
 /// Parse a request body. Pure function: same bytes, same result.
 pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Request> {
+    // serde would also read a struct from a JSON array (fields by position): only objects are bodies.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(diagnose(body, None));
+    }
     let top: Top = match serde_json::from_slice(body) {
         Ok(t) => t,
-        Err(e) => return Err(diagnose(body, e)),
+        Err(e) => return Err(diagnose(body, Some(e))),
     };
     let model = match top.model {
         Some(m) if !m.is_empty() => m.into_owned(),
@@ -428,7 +432,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
 }
 
 /// Slow path, only on error: find which field is to blame so the client gets a useful `param`.
-fn diagnose(body: &[u8], original: serde_json::Error) -> CoreError {
+fn diagnose(body: &[u8], original: Option<serde_json::Error>) -> CoreError {
     let v: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return CoreError::malformed(None, format!("request body is not valid JSON: {e}")),
@@ -464,7 +468,10 @@ fn diagnose(body: &[u8], original: serde_json::Error) -> CoreError {
             }
         }
     }
-    CoreError::malformed(None, format!("invalid request body: {original}"))
+    match original {
+        Some(e) => CoreError::malformed(None, format!("invalid request body: {e}")),
+        None => CoreError::malformed(None, "invalid request body"),
+    }
 }
 
 /// Owned twin of `Message` used only by `diagnose` (serde_json::Value cannot lend borrowed strings).

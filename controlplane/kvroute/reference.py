@@ -1,0 +1,769 @@
+"""Pure-Python model of the native routing core: slow and obvious, decision for decision the same.
+
+`kvroute.reference.Router` has the same constructor and methods as `kvroute.Router` and, given the
+same seed and the same calls, returns the same decisions (same backend, branch, ticket, cached
+tokens, predicted TTFT, bit for bit): the differential tests in tests/core drive both with random
+call sequences and compare. It is also the baseline of the micro benchmarks.
+
+Where the core is clever (a global block map with per-backend LRU slabs, O(1) match steps), this
+is plain: one OrderedDict per backend and a membership walk per backend. Where the core streams
+bytes, this builds the whole canonical stream. The arithmetic of the cost model is written in the
+same order as in rust/core/src/router.rs so floating point agrees exactly.
+
+Needs the `xxhash` package (dev extra) for xxh3, the core's block hash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import xxhash
+
+from kvroute._native import InvalidConfig, MalformedRequest, Queued, Rejected, Routed, UnknownBackend, UnknownTicket
+
+__all__ = ["Router", "RefRouted", "RefRejected", "RefQueued", "parse", "ParsedRequest"]
+
+M64 = (1 << 64) - 1
+FIELD_SEP = b"\x1e"
+MSG_END = b"\x1d"
+ROOT_SALT = 0x6B76_726F_7574_6500
+
+PRIOR_PREFILL_RATE = 8000.0
+PRIOR_DECODE_RATE = 40.0
+PRIOR_TTFT_S = 0.1
+PRIOR_LATENCY_S = 1.0
+PRIOR_OVERHEAD_S = 0.02
+PRIOR_MEAN_UNCACHED = 512.0
+RATE_SAMPLE_MIN_TOKENS = 256
+DEFAULT_CAPACITY_BLOCKS = 65_536
+
+TIERS = ("high", "normal", "low")  # index = rank: lower is more important
+DEFAULT_LIMITS: dict[str, tuple[int | None, float | None]] = {
+    "high": (None, None),
+    "normal": (128, None),
+    "low": (32, None),
+}
+
+COST_WEIGHTS = {
+    "queue_weight": (1.0, 0.0, 100.0),
+    "prefill_weight": (1.0, 0.0, 100.0),
+    "decode_weight": (0.002, 0.0, 10.0),
+    "kv_weight": (0.5, 0.0, 100.0),
+    "kv_knee": (0.8, 0.0, 0.999),
+    "tie_tolerance": (0.05, 0.0, 10.0),
+    "ewma_alpha": (0.2, 0.001, 1.0),
+}
+POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
+    "round_robin": {},
+    "random": {},
+    "least_inflight": {},
+    "power_of_two": {},
+    "least_load": {},
+    "prefix_hash": {"queue_threshold": (8.0, 0.0, 1e9)},
+    "session": {"load_factor": (1.25, 1.0, 100.0)},
+    "cost": COST_WEIGHTS,
+}
+ALL_DEFAULTS = {k: v[0] for spec in POLICY_WEIGHTS.values() for k, v in spec.items()}
+
+
+# ---------------------------------------------------------------- hashing and request reading
+
+
+def xxh3(data: bytes, seed: int = 0) -> int:
+    return xxhash.xxh3_64_intdigest(data, seed=seed)
+
+
+def chain_root(model: str) -> int:
+    return xxh3(model.encode()) ^ ROOT_SALT
+
+
+def chain_hashes(data: bytes, block: int, root: int) -> list[int]:
+    out, parent = [], root
+    for i in range(0, len(data) - block + 1, block):
+        parent = xxh3(data[i : i + block], parent)
+        out.append(parent)
+    return out
+
+
+def raw(value: Any) -> bytes:
+    """The core hashes raw JSON of opaque fields; compact re-serialisation equals it for compact bodies."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def text_block_bytes(block_tokens: int, bytes_per_token: float) -> int:
+    return max(1, math.floor(block_tokens * bytes_per_token + 0.5))
+
+
+def tokens_for_bytes(n: int, bytes_per_token: float) -> int:
+    return math.ceil(n / bytes_per_token)
+
+
+@dataclass
+class ParsedRequest:
+    model: str
+    stream: bool
+    max_tokens: int | None
+    prompt_tokens: int
+    blocks: list[int]
+    system_hash: int
+
+
+def _bad(param: str | None, message: str) -> MalformedRequest:
+    e = MalformedRequest(message)
+    e.param = param
+    return e
+
+
+def _message_bytes(m: Any) -> bytes | None:
+    """Canonical bytes of one chat message, or None when it is not a message (as serde would say)."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        return None
+    out = [m["role"].encode(), FIELD_SEP]
+    name = m.get("name")
+    if name is not None:
+        if not isinstance(name, str):
+            return None
+        out += [name.encode(), FIELD_SEP]
+    content = m.get("content")
+    if isinstance(content, str):
+        out.append(content.encode())
+    elif isinstance(content, list):
+        for p in content:
+            if not isinstance(p, dict):
+                return None
+            text = p.get("text")
+            if text is not None:
+                if not isinstance(text, str):
+                    return None
+                out.append(text.encode())
+            for k in ("image_url", "input_audio", "file", "video_url"):
+                if p.get(k) is not None:
+                    out.append(raw(p[k]))
+            out.append(FIELD_SEP)
+    elif content is not None:
+        return None
+    tcid = m.get("tool_call_id")
+    if tcid is not None:
+        if not isinstance(tcid, str):
+            return None
+        out += [FIELD_SEP, tcid.encode()]
+    if m.get("tool_calls") is not None:
+        out += [FIELD_SEP, raw(m["tool_calls"])]
+    out.append(MSG_END)
+    return b"".join(out)
+
+
+def _is_u64(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= M64
+
+
+def parse(body: bytes, endpoint: str, block_tokens: int = 16, bytes_per_token: float = 4.0) -> ParsedRequest:
+    try:
+        top = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(None, f"request body is not valid JSON: {e}") from None
+    if not isinstance(top, dict):
+        raise _bad(None, "request body must be a JSON object")
+    model = top.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("model", "`model` must be a string")
+    for k in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if top.get(k) is not None and not _is_u64(top[k]):
+            raise _bad(k, f"`{k}` must be a non-negative integer")
+    if top.get("stream") is not None and not isinstance(top["stream"], bool):
+        raise _bad("stream", "`stream` must be a boolean")
+    instr = top.get("instructions")
+    if instr is not None and not isinstance(instr, str):
+        raise _bad("instructions", "`instructions` must be a string")
+    msgs = top.get("messages")
+    if msgs is not None and (not isinstance(msgs, list) or any(_message_bytes(m) is None for m in msgs)):
+        raise _bad("messages", "`messages` must be an array of messages")
+    if not model:
+        raise _bad("model", "missing required field `model`")
+    root = chain_root(model)
+    tb = text_block_bytes(block_tokens, bytes_per_token)
+    if endpoint == "chat":
+        if msgs is None:
+            raise _bad("messages", "missing required field `messages`")
+        if not msgs:
+            raise _bad("messages", "`messages` must not be empty")
+        pieces = [_message_bytes(m) or b"" for m in msgs]
+        n_sys = 0
+        while n_sys < len(msgs) and msgs[n_sys]["role"] in ("system", "developer"):
+            n_sys += 1
+        stream = b"".join(pieces)
+        if top.get("tools") is not None:
+            stream = raw(top["tools"]) + MSG_END + stream
+        system_hash = xxh3(b"".join(pieces[: max(n_sys, 1)]))
+        blocks = chain_hashes(stream, tb, root)
+        prompt_tokens = tokens_for_bytes(len(stream), bytes_per_token)
+    elif endpoint == "completions":
+        p = top.get("prompt")
+        if p is None:
+            raise _bad("prompt", "missing required field `prompt`")
+        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+            p = p[0]
+        if isinstance(p, str):
+            data = p.encode()
+            blocks = chain_hashes(data, tb, root)
+            prompt_tokens = tokens_for_bytes(len(data), bytes_per_token)
+        elif isinstance(p, list) and all(_is_u64(t) and t < 2**32 for t in p):
+            data = b"".join(t.to_bytes(4, "little") for t in p)
+            blocks = chain_hashes(data, block_tokens * 4, root)
+            prompt_tokens = len(p)
+        else:
+            raise _bad("prompt", "`prompt` must be a string, a token list, or a list of either")
+        system_hash = blocks[0] if blocks else xxh3(data)
+    elif endpoint in ("embeddings", "responses"):
+        inp = top.get("input")
+        if inp is None:
+            raise _bad("input", "missing required field `input`")
+        parts = []
+        if instr is not None:
+            parts += [b"system", FIELD_SEP, instr.encode(), MSG_END]
+        if isinstance(inp, str):
+            parts.append(inp.encode())
+        elif isinstance(inp, list):
+            for item in inp:
+                mb = _message_bytes(item)
+                parts.append(mb if mb is not None else raw(item) + MSG_END)
+        else:
+            raise _bad("input", "`input` must be a string or an array")
+        stream = b"".join(parts)
+        blocks = chain_hashes(stream, tb, root)
+        if instr is not None:
+            system_hash = xxh3(instr.encode())
+        else:
+            system_hash = xxh3((blocks[0] if blocks else root).to_bytes(8, "little"))
+        prompt_tokens = tokens_for_bytes(len(stream), bytes_per_token)
+    else:
+        raise InvalidConfig(f"unknown endpoint {endpoint!r}")
+    max_tokens = next(
+        (top[k] for k in ("max_completion_tokens", "max_tokens", "max_output_tokens") if top.get(k) is not None), None
+    )
+    return ParsedRequest(model, bool(top.get("stream") or False), max_tokens, prompt_tokens, blocks, system_hash)
+
+
+# ---------------------------------------------------------------- randomness and hashing helpers
+
+
+class SplitMix64:
+    def __init__(self, seed: int) -> None:
+        self.state = seed & M64
+
+    def next_u64(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
+        return mix64(self.state)
+
+    def below(self, n: int) -> int:
+        return self.next_u64() % n
+
+
+def mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+# ---------------------------------------------------------------- state
+
+
+def ewma(old: float, sample: float, alpha: float) -> float:
+    return old + alpha * (sample - old)
+
+
+@dataclass
+class Backend:
+    id: str
+    id_hash: int
+    models: list[str] = field(default_factory=list)
+    healthy: bool = True
+    draining: bool = False
+    circuit_open: bool = False
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    num_gpu_blocks: int = 0
+    block_size: int = 0
+    in_flight: int = 0
+    pending: int = 0
+    pending_tokens: int = 0
+    prefill_rate: float = PRIOR_PREFILL_RATE
+    decode_rate: float = PRIOR_DECODE_RATE
+    ttft_ewma: float = PRIOR_TTFT_S
+    latency_ewma: float = PRIOR_LATENCY_S
+    overhead_s: float = PRIOR_OVERHEAD_S
+    mean_uncached: float = PRIOR_MEAN_UNCACHED
+    index: OrderedDict[int, None] = field(default_factory=OrderedDict)  # most recent last
+    capacity: int = DEFAULT_CAPACITY_BLOCKS
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    def usable(self) -> bool:
+        return self.healthy and not self.draining and not self.circuit_open
+
+    def queue_depth(self) -> int:
+        return max(self.waiting, self.pending)
+
+    def matched_blocks(self, blocks: list[int]) -> int:
+        n = 0
+        for b in blocks:
+            if b not in self.index:
+                break
+            n += 1
+        return n
+
+    def insert(self, blocks: list[int]) -> None:
+        for b in reversed(blocks):
+            self.index[b] = None
+            self.index.move_to_end(b)
+        self.evict()
+
+    def evict(self) -> None:
+        while len(self.index) > self.capacity:
+            self.index.popitem(last=False)
+
+
+@dataclass
+class Ticket:
+    backend: Backend
+    pending_tokens: int
+    work_ahead: int
+    blocks: list[int]
+    pending: bool = True
+    ttft_s: float | None = None
+
+
+@dataclass
+class Waiter:
+    key: tuple[int, int]
+    req: ParsedRequest
+    session_key: str | None
+    exclude: list[str]
+
+
+# Plain-Python twins of the native decision classes (which cannot be constructed from Python).
+@dataclass(frozen=True)
+class RefRouted:
+    ticket: int
+    backend_id: str
+    branch: str
+    model: str
+    stream: bool
+    max_tokens: int | None
+    prompt_tokens: int
+    cached_tokens: int
+    predicted_ttft_s: float
+
+
+@dataclass(frozen=True)
+class RefRejected:
+    reason: str
+    tier: str
+    model: str
+    retry_after_s: float
+    message: str
+
+
+@dataclass(frozen=True)
+class RefQueued:
+    wait_id: int
+    tier: str
+    model: str
+    position: int
+
+
+def as_tuple(d: Routed | Rejected | Queued | RefRouted | RefRejected | RefQueued) -> tuple[Any, ...]:
+    """A comparable view of a native or reference decision (for the differential tests)."""
+    if isinstance(d, (Routed, RefRouted)):
+        return ("routed", d.ticket, d.backend_id, d.branch, d.model, d.stream, d.max_tokens,
+                d.prompt_tokens, d.cached_tokens, d.predicted_ttft_s)  # fmt: skip
+    if isinstance(d, (Rejected, RefRejected)):
+        return ("rejected", d.reason, d.tier, d.model, d.retry_after_s)
+    return ("queued", d.wait_id, d.tier, d.model, d.position)
+
+
+@dataclass
+class _Cand:
+    b: Backend
+    cached_tokens: int
+    queue: int
+    ttft: float = 0.0
+
+
+class Router:
+    """Same API as kvroute.Router; decisions are RefRouted / RefRejected / RefQueued."""
+
+    def __init__(
+        self,
+        policy: str = "cost",
+        *,
+        block_tokens: int = 16,
+        bytes_per_token: float = 4.0,
+        seed: int = 0,
+        wait_queue_size: int = 0,
+    ) -> None:
+        if not 1 <= block_tokens <= 1 << 16:
+            raise InvalidConfig("block_tokens must be in 1..=65536")
+        if not (math.isfinite(bytes_per_token) and 0.25 <= bytes_per_token <= 64.0):
+            raise InvalidConfig("bytes_per_token must be in 0.25..=64")
+        self.block_tokens = block_tokens
+        self.bytes_per_token = bytes_per_token
+        self.set_policy(policy)
+        self.backends: dict[str, Backend] = {}
+        self.rng = SplitMix64(seed)
+        self.rr_next = 0
+        self.next_id = 1
+        self.tickets: dict[int, Ticket] = {}
+        self.limits = dict(DEFAULT_LIMITS)
+        self.tier_stats = {t: {"admitted": 0, "shed": 0, "queued": 0, "queue_full": 0} for t in TIERS}
+        self.wait_queue_size = wait_queue_size
+        self.waiters: dict[int, Waiter] = {}
+        self.branches: dict[str, int] = {}
+
+    # -- configuration
+
+    def set_policy(self, name: str, **weights: float) -> None:
+        if name not in POLICY_WEIGHTS:
+            raise InvalidConfig(f"unknown policy {name!r}")
+        spec = POLICY_WEIGHTS[name]
+        w = dict(ALL_DEFAULTS)
+        for k, v in weights.items():
+            if k not in spec:
+                raise InvalidConfig(f"policy {name!r} has no weight {k!r}")
+            _, lo, hi = spec[k]
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise InvalidConfig(f"weight {k!r} = {v} is outside {lo}..={hi}")
+            w[k] = float(v)
+        self.policy_name, self.w = name, w
+
+    def policy(self) -> tuple[str, dict[str, float]]:
+        return self.policy_name, {k: self.w[k] for k in POLICY_WEIGHTS[self.policy_name]}
+
+    def set_admission(self, tier: str, *, max_queue: int | None = None, max_wait_ms: float | None = None) -> None:
+        self._tier(tier)
+        if max_wait_ms is not None and not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
+            raise InvalidConfig("max_wait_ms must be a non-negative number")
+        self.limits[tier] = (max_queue, max_wait_ms)
+
+    @staticmethod
+    def _tier(t: str) -> int:
+        if t not in TIERS:
+            raise InvalidConfig(f"unknown priority {t!r}")
+        return TIERS.index(t)
+
+    # -- backends
+
+    def upsert_backend(self, backend_id: str, **fields: Any) -> None:
+        if not backend_id:
+            raise InvalidConfig("backend id must not be empty")
+        kv = fields.get("kv_usage")
+        if kv is not None and not (math.isfinite(kv) and 0.0 <= kv <= 1.0):
+            raise InvalidConfig("kv_usage must be a fraction in 0..=1")
+        b = self.backends.get(backend_id)
+        if b is None:
+            b = self.backends[backend_id] = Backend(backend_id, xxh3(backend_id.encode()))
+        for k, v in fields.items():
+            if v is not None:
+                setattr(b, k, list(v) if k == "models" else v)
+        cap = b.num_gpu_blocks * b.block_size // self.block_tokens if b.num_gpu_blocks and b.block_size else 0
+        b.capacity = cap or DEFAULT_CAPACITY_BLOCKS
+        b.evict()
+
+    def _backend(self, backend_id: str) -> Backend:
+        try:
+            return self.backends[backend_id]
+        except KeyError:
+            raise UnknownBackend(f"unknown backend {backend_id!r}") from None
+
+    def reset_backend(self, backend_id: str) -> None:
+        self._backend(backend_id).index.clear()
+
+    def remove_backend(self, backend_id: str) -> None:
+        self._backend(backend_id)
+        del self.backends[backend_id]
+
+    def backend_ids(self) -> list[str]:
+        return list(self.backends)
+
+    def in_flight(self, backend_id: str) -> int:
+        return self._backend(backend_id).in_flight
+
+    def _live(self, b: Backend) -> bool:
+        return self.backends.get(b.id) is b
+
+    # -- routing
+
+    def route(
+        self,
+        body: bytes,
+        endpoint: str = "chat",
+        priority: str = "normal",
+        session_key: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> RefRouted | RefRejected | RefQueued:
+        if endpoint not in ("chat", "completions", "embeddings", "responses"):
+            raise InvalidConfig(f"unknown endpoint {endpoint!r}")
+        tier = self._tier(priority)
+        req = parse(body, endpoint, self.block_tokens, self.bytes_per_token)
+        return self._decide(req, tier, session_key, list(exclude), None)
+
+    def resume(self, wait_id: int) -> RefRouted | RefRejected | RefQueued:
+        w = self.waiters.pop(wait_id, None)
+        if w is None:
+            raise UnknownTicket(f"unknown ticket {wait_id}")
+        return self._decide(w.req, w.key[0], w.session_key, w.exclude, (wait_id, w.key[1]))
+
+    def cancel_wait(self, wait_id: int) -> None:
+        if self.waiters.pop(wait_id, None) is None:
+            raise UnknownTicket(f"unknown ticket {wait_id}")
+
+    def _reject(self, reason: str, tier: int, req: ParsedRequest, retry: float, message: str) -> RefRejected:
+        self.branches[reason] = self.branches.get(reason, 0) + 1
+        return RefRejected(reason, TIERS[tier], req.model, retry, message)
+
+    def predict(self, b: Backend, uncached: int) -> float:
+        w = self.w
+        rate = b.prefill_rate
+        others_waiting = max(b.waiting - b.pending, 0)
+        work_ahead = float(b.pending_tokens) + float(others_waiting) * b.mean_uncached
+        slot_wait = float(b.waiting) * b.latency_ewma / float(max(b.running, 1))
+        queue_s = work_ahead / rate + slot_wait
+        decoding = float(max(b.running, b.in_flight - b.pending))
+        pressure = min(max((b.kv_usage - w["kv_knee"]) / (1.0 - w["kv_knee"]), 0.0), 1.0)
+        return (
+            b.overhead_s
+            + w["queue_weight"] * queue_s
+            + w["prefill_weight"] * (float(uncached) / rate)
+            + w["decode_weight"] * decoding
+            + w["kv_weight"] * pressure
+        )
+
+    def _room(self, tier: int, queue: int, ttft: float) -> bool:
+        max_queue, max_wait = self.limits[TIERS[tier]]
+        return (max_queue is None or queue < max_queue) and (max_wait is None or ttft * 1000.0 < max_wait)
+
+    def _decide(
+        self,
+        req: ParsedRequest,
+        tier: int,
+        session_key: str | None,
+        exclude: list[str],
+        resumed: tuple[int, int] | None,
+    ) -> RefRouted | RefRejected | RefQueued:
+        if not self.backends:
+            return self._reject("no_backend", tier, req, 1.0, "no backends are configured")
+        serving = [b for b in self.backends.values() if b.serves(req.model)]
+        cands = [_Cand(b, 0, b.queue_depth()) for b in serving if b.usable() and b.id not in exclude]
+        if not serving:
+            return self._reject("unknown_model", tier, req, 0.0, f"no backend serves model {req.model!r}")
+        if not cands:
+            return self._reject("no_backend", tier, req, 1.0, f"no healthy backend for model {req.model!r}")
+        for c in cands:
+            n = c.b.matched_blocks(req.blocks)
+            c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
+            c.ttft = self.predict(c.b, req.prompt_tokens - c.cached_tokens)
+        queue_ahead = self.wait_queue_size > 0 and any(
+            w.key[0] <= tier and (resumed is None or w.key < (tier, resumed[1])) and w.req.model == req.model
+            for w in self.waiters.values()
+        )
+        pick, branch = self._pick(req, cands, session_key)
+        if not self._room(tier, cands[pick].queue, cands[pick].ttft) or queue_ahead:
+            spill = None
+            if not queue_ahead:
+                for i, c in enumerate(cands):
+                    if self._room(tier, c.queue, c.ttft) and (spill is None or c.ttft < cands[spill].ttft):
+                        spill = i
+            if spill is None:
+                retry = min(max(min(c.ttft for c in cands), 0.5), 60.0)
+                retry = math.ceil(retry * 10.0) / 10.0
+                return self._hold_or_shed(req, tier, session_key, exclude, resumed, retry)
+            pick, branch = spill, "admission:spill"
+        self.tier_stats[TIERS[tier]]["admitted"] += 1
+        self.branches[branch] = self.branches.get(branch, 0) + 1
+        return self._commit(req, cands[pick], branch)
+
+    def _hold_or_shed(
+        self,
+        req: ParsedRequest,
+        tier: int,
+        session_key: str | None,
+        exclude: list[str],
+        resumed: tuple[int, int] | None,
+        retry: float,
+    ) -> RefRejected | RefQueued:
+        stats = self.tier_stats[TIERS[tier]]
+        if self.wait_queue_size == 0:
+            stats["shed"] += 1
+            msg = f"{TIERS[tier]} priority traffic is over its limit on every backend"
+            return self._reject("shed", tier, req, retry, msg)
+        if resumed is not None:
+            wid, seq = resumed
+        else:
+            if len(self.waiters) >= self.wait_queue_size:
+                stats["queue_full"] += 1
+                return self._reject("queue_full", tier, req, retry, "the router's wait queue is full")
+            wid = seq = self.next_id
+            self.next_id += 1
+            stats["queued"] += 1
+        key = (tier, seq)
+        position = sum(1 for w in self.waiters.values() if w.key < key)
+        self.waiters[wid] = Waiter(key, req, session_key, list(exclude))
+        self.branches["queued"] = self.branches.get("queued", 0) + 1
+        return RefQueued(wid, TIERS[tier], req.model, position)
+
+    def _commit(self, req: ParsedRequest, c: _Cand, branch: str) -> RefRouted:
+        ticket = self.next_id
+        self.next_id += 1
+        uncached = req.prompt_tokens - c.cached_tokens
+        b = c.b
+        work_ahead = b.pending_tokens
+        b.in_flight += 1
+        b.pending += 1
+        b.pending_tokens += uncached
+        b.insert(req.blocks)
+        self.tickets[ticket] = Ticket(b, uncached, work_ahead, req.blocks)
+        return RefRouted(ticket, b.id, branch, req.model, req.stream, req.max_tokens, req.prompt_tokens,
+                         c.cached_tokens, c.ttft)  # fmt: skip
+
+    def _argmin_tie(self, scores: list[float], tol: float) -> int:
+        lo = min(scores)
+        limit = lo + abs(lo) * tol
+        ties = [i for i, s in enumerate(scores) if s <= limit]
+        return ties[0] if len(ties) == 1 else ties[self.rng.below(len(ties))]
+
+    def _least_load(self, cands: list[_Cand]) -> int:
+        return self._argmin_tie([float(c.b.waiting + c.b.in_flight + 1) * c.b.latency_ewma for c in cands], 0.0)
+
+    def _pick(self, req: ParsedRequest, cands: list[_Cand], session_key: str | None) -> tuple[int, str]:
+        n, name = len(cands), self.policy_name
+        if name == "round_robin":
+            i = self.rr_next % n
+            self.rr_next += 1
+            return i, "round_robin"
+        if name == "random":
+            return self.rng.below(n), "random"
+        if name == "least_inflight":
+            return self._argmin_tie([float(c.b.in_flight) for c in cands], 0.0), "least_inflight"
+        if name == "power_of_two":
+            if n == 1:
+                return 0, "power_of_two"
+            i = self.rng.below(n)
+            j = self.rng.below(n - 1)
+            if j >= i:
+                j += 1
+            return (j if cands[j].b.in_flight < cands[i].b.in_flight else i), "power_of_two"
+        if name == "least_load":
+            return self._least_load(cands), "least_load"
+        if name == "prefix_hash":
+            scores = [mix64(req.system_hash ^ c.b.id_hash) for c in cands]
+            i = max(range(n), key=lambda k: (scores[k], -k))  # first of the highest
+            if float(cands[i].b.queue_depth()) < self.w["queue_threshold"]:
+                return i, "prefix_hash:affinity"
+            return self._least_load(cands), "prefix_hash:overflow"
+        if name == "session":
+            if session_key is None:
+                return self._argmin_tie([float(c.b.in_flight) for c in cands], 0.0), "session:no_key"
+            key = xxh3(session_key.encode())
+            total = sum(c.b.in_flight for c in cands) + 1
+            cap = math.ceil(self.w["load_factor"] * float(total) / float(n))
+            ranked = sorted(((mix64(key ^ c.b.id_hash), i) for i, c in enumerate(cands)), reverse=True)
+            for rank, (_, i) in enumerate(ranked):
+                if cands[i].b.in_flight + 1 <= cap:
+                    return i, "session:sticky" if rank == 0 else "session:spill"
+            return ranked[0][1], "session:sticky"
+        # cost
+        i = self._argmin_tie([c.ttft for c in cands], self.w["tie_tolerance"])
+        best_cached = max(c.cached_tokens for c in cands)
+        if best_cached == 0:
+            return i, "cost:cold"
+        return i, "cost:cache_affinity" if cands[i].cached_tokens == best_cached else "cost:load_spread"
+
+    # -- outcomes
+
+    def first_token(self, ticket: int, ttft_s: float) -> None:
+        t = self.tickets.get(ticket)
+        if t is None:
+            raise UnknownTicket(f"unknown ticket {ticket}")
+        if not t.pending or not (math.isfinite(ttft_s) and ttft_s >= 0.0):
+            return
+        t.pending, t.ttft_s = False, ttft_s
+        tokens, t.pending_tokens = t.pending_tokens, 0
+        b = t.backend
+        if not self._live(b):
+            return
+        b.pending -= 1
+        b.pending_tokens -= tokens
+        alpha = self.w["ewma_alpha"]
+        work = t.work_ahead + tokens
+        b.ttft_ewma = ewma(b.ttft_ewma, ttft_s, alpha)
+        if work < RATE_SAMPLE_MIN_TOKENS:
+            b.overhead_s = ewma(b.overhead_s, ttft_s, alpha)
+            return
+        prefill_s = max(ttft_s - b.overhead_s, ttft_s * 0.1)
+        if prefill_s > 0.0:
+            sample = min(max(float(work) / prefill_s, PRIOR_PREFILL_RATE / 100.0), PRIOR_PREFILL_RATE * 100.0)
+            b.prefill_rate = ewma(b.prefill_rate, sample, alpha)
+
+    def release(
+        self,
+        ticket: int,
+        ok: bool,
+        prompt_tokens: int = 0,
+        cached_tokens: int = 0,
+        completion_tokens: int = 0,
+        latency_s: float = 0.0,
+    ) -> list[int]:
+        t = self.tickets.pop(ticket, None)
+        if t is None:
+            raise UnknownTicket(f"unknown ticket {ticket}")
+        b = t.backend
+        if self._live(b):
+            b.in_flight -= 1
+            if t.pending:
+                b.pending -= 1
+                b.pending_tokens -= t.pending_tokens
+            if ok:
+                alpha = self.w["ewma_alpha"]
+                if math.isfinite(latency_s) and latency_s > 0.0:
+                    b.latency_ewma = ewma(b.latency_ewma, latency_s, alpha)
+                    if t.ttft_s is not None and completion_tokens > 1 and latency_s > t.ttft_s:
+                        sample = float(completion_tokens - 1) / (latency_s - t.ttft_s)
+                        b.decode_rate = ewma(b.decode_rate, sample, alpha)
+                if prompt_tokens > 0:
+                    uncached = prompt_tokens - min(cached_tokens, prompt_tokens)
+                    b.mean_uncached = ewma(b.mean_uncached, float(uncached), alpha)
+                b.insert(t.blocks)
+        return self.wakeable(1)
+
+    def wakeable(self, limit: int) -> list[int]:
+        out: list[int] = []
+        for wid, w in sorted(self.waiters.items(), key=lambda kv: kv[1].key):
+            if len(out) >= limit:
+                break
+            usable = [
+                b
+                for b in self.backends.values()
+                if b.serves(w.req.model) and b.usable() and b.id not in w.exclude
+            ]
+            room = any(self._room(w.key[0], b.queue_depth(), self.predict(b, w.req.prompt_tokens)) for b in usable)
+            if room or not usable:
+                out.append(wid)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """The subset of the native snapshot the reference models: branch counts and tier stats."""
+        return {
+            "branches": dict(sorted(self.branches.items())),
+            "tiers": {t: dict(s) for t, s in self.tier_stats.items()},
+            "in_flight": len(self.tickets),
+            "backends": [
+                {"id": b.id, "in_flight": b.in_flight, "pending": b.pending, "index_blocks": len(b.index)}
+                for b in self.backends.values()
+            ],
+        }
