@@ -3,6 +3,7 @@ Kubernetes' own schemas and with kvroute's Settings."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -213,3 +214,11 @@ def test_local_sim_backends_run_the_simulator_cli():
     args = sim_cli.build_parser().parse_args(container["args"][1:])
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
     assert (args.host, args.base_port, args.instances) == ("0.0.0.0", port, 1)
+
+
+def test_vllm_example_runs_the_version_the_real_vllm_tests_pin(backends):
+    # The Makefile's VLLM_VERSION is the vLLM whose /metrics page the parser is tested against.
+    pinned = re.search(r"^VLLM_VERSION := (\S+)$", (DEPLOY.parent / "Makefile").read_text(), flags=re.M)
+    assert pinned, "VLLM_VERSION not found in the Makefile"
+    (container,) = containers(backends["Deployment", "vllm"])
+    assert container["image"] == f"vllm/vllm-openai:v{pinned.group(1)}"
