@@ -222,3 +222,34 @@ def test_vllm_example_runs_the_version_the_real_vllm_tests_pin(backends):
     assert pinned, "VLLM_VERSION not found in the Makefile"
     (container,) = containers(backends["Deployment", "vllm"])
     assert container["image"] == f"vllm/vllm-openai:v{pinned.group(1)}"
+
+
+def test_discovery_reads_the_slices_the_vllm_service_gets(config, backends):
+    """The EndpointSlice the Kubernetes controller writes for the example Service (labels, named port
+    resolved to the container port, endpoint conditions), fed through the control plane's own parser
+    with the ConfigMap's settings."""
+    from kvroute.control.discovery import targets_from_slices
+
+    settings = from_mapping(config, "configmap")
+    service = backends["Service", "vllm"]
+    (container,) = containers(backends["Deployment", "vllm"])
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    slice_ = {
+        "metadata": {"name": "vllm-abcde", "labels": {"kubernetes.io/service-name": service["metadata"]["name"],
+                                                       "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "ports": [{"name": p["name"], "port": container_ports[p["targetPort"]], "protocol": "TCP"}
+                  for p in service["spec"]["ports"]],
+        "endpoints": [
+            {"addresses": ["10.8.0.11"], "conditions": {"ready": True, "serving": True, "terminating": False}},
+            {"addresses": ["10.8.0.12"], "conditions": {"ready": False, "serving": True, "terminating": True}},
+            {"addresses": ["10.8.0.13"], "conditions": {"ready": False, "serving": False, "terminating": False}},
+        ],
+    }
+    # The API server applies the selector; it is a plain equality selector on the slice's labels.
+    key, _, value = settings.k8s_label_selector.partition("=")
+    assert slice_["metadata"]["labels"].get(key) == value
+    targets = targets_from_slices([slice_], settings.k8s_port_name, settings.dns_port)
+    by_url = {t.url: t.draining for t in targets.values()}
+    # Ready serves, terminating-but-serving drains, not-ready (still loading the model) is left out.
+    assert by_url == {"http://10.8.0.11:8000": False, "http://10.8.0.12:8000": True}
