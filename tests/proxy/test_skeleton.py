@@ -144,3 +144,16 @@ async def test_client_disconnect_mid_stream_leaves_nothing_in_flight() -> None:
             await eventually(lambda: in_flight(gw) == 0, "in-flight back to zero")
             # The upstream request was closed, so the engine aborted it.
             await eventually(lambda: fleet.instances[0].state()["running"] == 0, "backend aborted the request")
+
+
+async def test_client_disconnect_before_any_byte_closes_the_upstream_request() -> None:
+    async with SimFleet(instances=1, per_token_delay=0.02) as fleet:
+        async with running_gateway(fleet.urls) as gw:
+            _, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+            body = chat_body(model="sim-model", max_tokens=2000)  # not streamed: nothing comes back for 40 s
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%b" % (len(body), body))
+            await eventually(lambda: fleet.instances[0].state()["running"] == 1, "the backend is generating")
+            writer.close()
+            await eventually(lambda: in_flight(gw) == 0, "in-flight back to zero")
+            await eventually(lambda: fleet.instances[0].state()["running"] == 0, "backend aborted the request")

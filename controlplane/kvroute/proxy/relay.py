@@ -14,7 +14,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from kvroute._native import MalformedRequest, Queued, Rejected, Routed
+from kvroute._native import KvrouteError, MalformedRequest, Queued, Rejected, Routed
 from kvroute.admin.logs import request_id
 from kvroute.proxy import http
 from kvroute.proxy.sse import StreamScanner, Usage, ask_for_usage, error_event, usage_of_json
@@ -233,14 +233,19 @@ class Dispatcher:
             async with asyncio.timeout(self.settings.queue_timeout):
                 await waiter
         except TimeoutError:
-            self.waiters.pop(wait_id, None)
-            self.router.cancel_wait(wait_id)
+            self._leave_queue(wait_id)
             return None
         except asyncio.CancelledError:
-            self.waiters.pop(wait_id, None)
-            self.router.cancel_wait(wait_id)
+            self._leave_queue(wait_id)
             raise
         return self.router.resume(wait_id)
+
+    def _leave_queue(self, wait_id: int) -> None:
+        self.waiters.pop(wait_id, None)
+        try:
+            self.router.cancel_wait(wait_id)
+        except KvrouteError:
+            pass  # already gone from the core's queue (a backend change rejected it): nothing to undo
 
     def wake(self, wait_ids: list[int]) -> None:
         for wait_id in wait_ids:
@@ -344,7 +349,12 @@ class Dispatcher:
                                     rid=rid)
                         return None
                     return Failure(502, f"backend {routed.backend_id} failed: {exc}", "bad_gateway")
-                what = "went quiet past idle_timeout" if exc.kind == "timeout" else "failed mid-stream"
+                if exc.kind != "timeout":
+                    what = "failed mid-stream"
+                elif loop.time() >= deadline:
+                    what = "ran past total_timeout"
+                else:
+                    what = "went quiet past idle_timeout"
                 self._cut(conn, req, error_event(f"backend {routed.backend_id} {what}", "api_error",
                                                  "timeout" if exc.kind == "timeout" else "backend_error"))
                 return None

@@ -246,23 +246,24 @@ class UpstreamPool:
         that is nobody's failure, so such a request is sent again once on a fresh connection.
         """
         conn = await self._acquire(target)
-        conn.send(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            conn.send(body)
         try:
+            conn.send(head)
+            conn.send(body)
             await conn.wait_headers(first_byte_timeout)
             return conn
         except UpstreamError as exc:
-            if not (conn.reused and exc.kind == "reset" and not conn.received_any):
-                conn.abort()
-                raise
             conn.abort()
+            if not (conn.reused and exc.kind == "reset" and not conn.received_any):
+                raise
+        except BaseException:  # the client went away: the backend must hear of it at once
+            conn.abort()
+            raise
         conn = await self._connect(target)
-        conn.send(head)
-        conn.send(body)
         try:
+            conn.send(head)
+            conn.send(body)
             await conn.wait_headers(first_byte_timeout)
-        except UpstreamError:
+        except BaseException:
             conn.abort()
             raise
         return conn
