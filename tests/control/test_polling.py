@@ -121,3 +121,15 @@ async def test_circuit_opens_on_reported_failures_and_probes_back(sims):
         assert bad.id in route_many(gateway)  # the probe traffic goes there again
         fleet.report(bad.id, True)
         assert bad.circuit.value == "closed"
+
+
+async def test_requests_go_only_to_backends_serving_the_model():
+    from kvroute.sim import SimFleet
+
+    async with SimFleet(instances=1, model="llama") as llama, SimFleet(instances=1, model=["qwen", "qwen-chat"]) as qwen:
+        async with control_only(backend=llama.urls + qwen.urls) as gateway:
+            for model, urls in (("llama", llama.urls), ("qwen-chat", qwen.urls)):
+                for i in range(4):
+                    decision = gateway.router.route(chat(model=model, text=f"q{i}"))
+                    assert isinstance(decision, Routed) and decision.backend_id == backend_of(urls[0])
+                    gateway.router.release(decision.ticket, True)

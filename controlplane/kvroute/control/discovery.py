@@ -308,7 +308,7 @@ class KubernetesDiscovery:
         if kind in ("ADDED", "MODIFIED"):
             self.slices[metadata["name"]] = dict(obj)
         elif kind == "DELETED":
-            self.slices.pop(metadata.get("name"), None)
+            self.slices.pop(str(metadata.get("name")), None)
         else:
             return  # BOOKMARK: only the resourceVersion moves
         self._emit(apply)

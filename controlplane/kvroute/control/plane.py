@@ -17,11 +17,12 @@ from kvroute.control.fleet import Backend
 from kvroute.control.poller import Poller
 
 if TYPE_CHECKING:
+    from kvroute._native import Priority
     from kvroute.gateway import Gateway
 
 log = logging.getLogger("kvroute.control")
 
-TIERS = ("high", "normal", "low")
+TIERS: tuple[Priority, ...] = ("high", "normal", "low")
 
 
 def apply_admission(gateway: Gateway) -> None:
