@@ -160,6 +160,12 @@ async def test_policy_change_changes_decisions(sims):
         assert gateway.settings.queue_threshold_high == 0
         weights = await client.put(base + "/admin/policy", json={"policy": "cost", "weights": {"kv_weight": 0.9}})
         assert weights.json()["weights"]["kv_weight"] == 0.9
+        # One weight at a time: the others stay as they were.
+        more = await client.put(base + "/admin/policy", json={"weights": {"queue_weight": 2.0}})
+        assert more.json()["weights"]["kv_weight"] == 0.9 and more.json()["weights"]["queue_weight"] == 2.0
+        unknown = await client.put(base + "/admin/policy", json={"weights": {"bogus": 1.0}})
+        assert unknown.status_code == 400 and "bogus" in unknown.json()["error"]["message"]
+        assert gateway.router.policy()[1]["queue_weight"] == 2.0
 
 
 async def test_500s_trip_the_circuit_and_it_is_probed_back(sims):

@@ -185,10 +185,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         from kvroute import _native
 
         if body.policy is not None or body.weights is not None:
-            current, _ = router.policy()
+            current, current_weights = router.policy()
+            name = body.policy or current
+            # The core resets weights not given; changing one weight of the same policy keeps the
+            # others, while a new policy starts from its own defaults.
+            weights = {**current_weights, **(body.weights or {})} if name == current else dict(body.weights or {})
             try:
                 # The core validates name and weights and either applies all of them or raises.
-                router.set_policy(body.policy or current, **(body.weights or {}))
+                router.set_policy(name, **weights)
             except (_native.KvrouteError, TypeError, ValueError) as exc:
                 raise AdminError(400, f"policy: {exc}") from None
             settings.policy = router.policy()[0]
