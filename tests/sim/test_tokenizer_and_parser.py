@@ -135,3 +135,15 @@ async def test_metrics_page_matches_real_vllm_format(http: aiohttp.ClientSession
     # The router reads both pages into the same fields.
     a, b = router_parse(real_text), router_parse(sim_text)
     assert {k for k, v in vars(a).items() if v is None} == {k for k, v in vars(b).items() if v is None}
+
+
+def test_segment_encoding_equals_full_text() -> None:
+    from kvroute.sim.tokenizer import render_chat
+
+    tok = HashTokenizer()
+    msgs = [{"role": "system", "content": "Be brief.  \n"}, {"role": "user", "content": " 123 x!"},
+            {"role": "assistant", "content": "\n\n ok"}, {"role": "user", "content": ""}]
+    for template in ("chatml", "llama3"):
+        segs = render_chat(template, msgs)
+        assert tok.encode_segments(segs) == tok.encode("".join(segs))
+        assert tok.encode_segments(segs) == tok.encode("".join(segs))  # memoized

@@ -15,6 +15,7 @@ import asyncio
 import bisect
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .kvcache import Block, KVCache, chain_hashes
@@ -88,7 +89,7 @@ class Request:
     __slots__ = ("id", "tokens", "num_prompt", "max_tokens", "length_reason", "out_ids", "num_out",
                  "num_computed", "blocks", "hashes", "num_cached_blocks", "cached_tokens",
                  "arrival", "scheduled_at", "first_token_at", "finished_at", "status",
-                 "finish_reason", "preemptions", "event", "stream")
+                 "finish_reason", "preemptions", "event", "stream", "sink")
 
     def __init__(self, req_id: str, prompt: list[int], max_tokens: int, out_ids: list[int],
                  length_reason: str, arrival: float) -> None:
@@ -116,6 +117,8 @@ class Request:
         self.event = asyncio.Event()
         # Streaming handlers wake per token; the rest only when the request ends.
         self.stream = False
+        # Called after every step that produced output and at the end (see server._SSESink).
+        self.sink: Callable[[Request], None] | None = None
 
     @property
     def output_ids(self) -> list[int]:
@@ -239,6 +242,8 @@ class Engine:
             st.success[reason] = st.success.get(reason, 0) + 1
             if reason != "abort":
                 st.e2e.observe(now - req.arrival)
+        if req.sink is not None:
+            req.sink(req)
         req.event.set()
 
     # -- scheduler -------------------------------------------------------------------------
@@ -341,6 +346,8 @@ class Engine:
             if req.num_out >= req.max_tokens:
                 self._finish(req, req.length_reason, now=now)
                 done = True
+            elif req.sink is not None:
+                req.sink(req)
             elif req.stream:
                 req.event.set()
         if done:

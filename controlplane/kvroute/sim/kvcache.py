@@ -39,9 +39,11 @@ class KVCache:
         self.block_size = block_size
         self.num_gpu_blocks = num_gpu_blocks
         self.enable_prefix_caching = enable_prefix_caching
+        # The free queue is the never-used blocks (ids `_fresh`..num_gpu_blocks-1, created on first
+        # use: a profile has tens of thousands) followed by `free`, freed blocks in LRU order.
         # Block 0 is vLLM's null block: never allocated, so capacity is num_gpu_blocks - 1.
-        self.blocks = [Block(i) for i in range(num_gpu_blocks)]
-        self.free: OrderedDict[int, Block] = OrderedDict((b.id, b) for b in self.blocks[1:])
+        self._fresh = 1
+        self.free: OrderedDict[int, Block] = OrderedDict()
         self.cached: dict[int, Block] = {}
         self.evictions = 0
 
@@ -51,11 +53,11 @@ class KVCache:
 
     @property
     def num_free(self) -> int:
-        return len(self.free)
+        return len(self.free) + self.num_gpu_blocks - self._fresh
 
     def usage(self) -> float:
         # Like vLLM: cached blocks nobody references count as free.
-        return 1.0 - len(self.free) / self.usable_blocks
+        return 1.0 - self.num_free / self.usable_blocks
 
     def lookup(self, hashes: Iterable[int]) -> list[Block]:
         """The longest run of cached blocks matching `hashes` from the start."""
@@ -76,7 +78,7 @@ class KVCache:
         need = -(-num_tokens // self.block_size) - len(owned) - len(hits)
         # Hits sitting unreferenced in the free queue stop being allocatable once touched.
         touched_free = sum(1 for b in hits if b.ref == 0)
-        if need > len(self.free) - touched_free:
+        if need > self.num_free - touched_free:
             return False
         free = self.free
         for b in hits:
@@ -85,6 +87,11 @@ class KVCache:
             b.ref += 1
         owned.extend(hits)
         for _ in range(max(0, need)):
+            if self._fresh < self.num_gpu_blocks:
+                owned.append(Block(self._fresh))
+                owned[-1].ref = 1
+                self._fresh += 1
+                continue
             _, b = free.popitem(last=False)
             if b.hash is not None:
                 if self.cached.get(b.hash) is b:

@@ -28,7 +28,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-c", "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))",
+    prefix = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
+    cmd = [sys.executable, *prefix, "-m", "kvroute.sim",
            "--instances", str(args.instances), "--base-port", "0", "--profile", args.profile,
            "--time-scale", str(args.time_scale), "--seed", str(args.seed)]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
@@ -77,6 +78,8 @@ async def run(args: argparse.Namespace) -> dict:
             offered_s = time.perf_counter() - start
             cpu1 = _cpu_seconds(proc.pid)
             await asyncio.gather(*tasks)
+            wall = time.perf_counter() - start
+            cpu2 = _cpu_seconds(proc.pid)
             states = []
             ttft_sum = ttft_count = 0.0
             for url in urls:
@@ -94,6 +97,11 @@ async def run(args: argparse.Namespace) -> dict:
             "instances": args.instances, "profile": args.profile, "time_scale": args.time_scale,
             "offered_rate": round(n / offered_s, 1), "requests": n, "completed": done, "errors": errors,
             "sim_cpu_fraction_of_one_core": round((cpu1 - cpu0) / offered_s, 2),
+            # CPU the simulator spent per generated token over the whole run, and the token rate
+            # one core could sustain at that cost: contention-independent capacity.
+            "sim_cpu_us_per_token": round(1e6 * (cpu2 - cpu0) / max(1, sum(s["generation_tokens"] for s in states)), 1),
+            "one_core_capacity_tokens_per_s": round(max(1, sum(s["generation_tokens"] for s in states)) / max(1e-9, cpu2 - cpu0)),
+            "wall_s": round(wall, 1),
             "generation_tokens": sum(s["generation_tokens"] for s in states),
             "tokens_per_s": round(sum(s["generation_tokens"] for s in states) / offered_s),
             "steps": steps,
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system-words", type=int, default=300)
     p.add_argument("--user-words", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cprofile", default=None, help="run the simulator under cProfile, writing stats here")
     args = p.parse_args(argv)
     try:
         import uvloop

@@ -18,7 +18,7 @@ from aiohttp import web
 from .engine import FINISHED, Engine, Request, SimClock
 from .metrics import render
 from .profiles import Profile
-from .tokenizer import TemplateError, Tokenizer, apply_chat_template, completion_prefix
+from .tokenizer import TemplateError, Tokenizer, completion_prefix, render_chat
 
 FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "none")
 
@@ -80,6 +80,7 @@ class SimInstance:
         self._rng = random.Random(f"{seed}:{index}:faults")  # str seeds are hashed stably (sha512)
         self._id_rng = random.Random(f"{seed}:{index}:ids")
         self.created = time.time()
+        self._pieces: dict[int, str] = {}
         # fault state
         self.error_rate = 0.0
         self.metrics_fail = False
@@ -330,7 +331,7 @@ class SimInstance:
             if "messages" not in body:
                 raise BadRequest("'messages' is required", param="messages")
             try:
-                return tok.encode(apply_chat_template(template, body["messages"]))
+                return tok.encode_segments(render_chat(template, body["messages"]))
             except TemplateError as e:
                 raise BadRequest(str(e), param="messages") from None
         prompt = body.get("prompt")
@@ -428,11 +429,19 @@ class SimInstance:
                 "service_tier": None, "system_fingerprint": None, "usage": self._usage(req),
                 "prompt_logprobs": None, "kv_transfer_params": None}
 
+    def _piece(self, token_id: int) -> str:
+        """A token's text, JSON-escaped without quotes (escaping is per character, so pieces
+        concatenate into a valid JSON string)."""
+        p = self._pieces.get(token_id)
+        if p is None:
+            p = self._pieces[token_id] = _dumps(self.tokenizer.decode_one(token_id))[1:-1]
+        return p
+
     async def _stream(self, request: web.Request, req: Request, model: str, chat: bool,
                       include_usage: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         resp.enable_chunked_encoding()
-        await resp.prepare(request)
+        await resp.prepare(request)  # sends the headers now (StreamResponse does not buffer them)
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
         head = f'data: {{"id":"{req.id}","object":"{obj}","created":{created},"model":{_dumps(model)},"choices":'
@@ -440,35 +449,73 @@ class SimInstance:
             # vLLM opens a chat stream with the assistant role and empty content.
             await resp.write((head + '[{"index":0,"delta":{"role":"assistant","content":""},'
                               '"logprobs":null,"finish_reason":null}]}\n\n').encode())
-        sent = 0
-        d = self.tokenizer.decode_one
-        while True:
-            if req.num_out == sent and req.status != FINISHED:
-                await req.event.wait()
-                req.event.clear()
-            n = req.num_out
-            finished = req.status == FINISHED
-            if finished and req.finish_reason == "abort":
-                break  # dropped by a restart: end without a finish chunk, like a dead server
-            if n == sent and not finished:
-                continue
-            # Tokens that piled up while the client was slow go out as one chunk, as vLLM's
-            # output collector merges them.
-            text = _dumps("".join(d(i) for i in req.tokens[req.num_prompt + sent : req.num_prompt + n]))
-            sent = n
-            reason = f'"{req.finish_reason}"' if finished else "null"
-            if chat:
-                choice = f'[{{"index":0,"delta":{{"content":{text}}},"logprobs":null,"finish_reason":{reason}'
-            else:
-                choice = f'[{{"index":0,"text":{text},"logprobs":null,"finish_reason":{reason}'
-            choice += ',"stop_reason":null}]}\n\n' if finished else "}]}\n\n"
-            await resp.write((head + choice).encode())
-            if finished:
-                break
-        if req.finish_reason != "abort":
-            tail = ""
-            if include_usage:
-                tail = head + "[]," + f'"usage":{_compact(self._usage(req))}' + "}\n\n"
-            await resp.write((tail + "data: [DONE]\n\n").encode())
-        await resp.write_eof()
+        transport = request.transport
+        if transport is None:
+            raise asyncio.CancelledError  # the client is already gone
+        sink = _SSESink(self, transport, head, chat, include_usage)
+        req.sink = sink
+        sink(req)  # whatever the engine produced while the headers went out
+        while req.status != FINISHED:
+            await req.event.wait()
+            req.event.clear()
+        if not sink.aborted:
+            await resp.write_eof()
         return resp
+
+
+class _SSESink:
+    """Writes a streamed request's SSE chunks into its socket straight from the engine's step.
+
+    Per token this is the hot path of a large fleet: no task wake-up, no aiohttp write call, only
+    one chunked-encoding frame per request per step. When the client reads slowly (the socket's
+    write buffer is full) tokens accumulate and go out later as one chunk, as vLLM's output
+    collector merges them."""
+
+    __slots__ = ("inst", "transport", "head", "chat", "include_usage", "sent", "done", "aborted")
+
+    BACKLOG = 1 << 18
+
+    def __init__(self, inst: SimInstance, transport: asyncio.BaseTransport, head: str, chat: bool,
+                 include_usage: bool) -> None:
+        self.inst = inst
+        self.transport = transport
+        self.head = head
+        self.chat = chat
+        self.include_usage = include_usage
+        self.sent = 0
+        self.done = False
+        self.aborted = False
+
+    def __call__(self, req: Request) -> None:
+        if self.done:
+            return
+        t = self.transport
+        finished = req.status == FINISHED
+        if t.is_closing() or (finished and req.finish_reason == "abort"):
+            # Dropped by a restart or crash: end without a finish chunk, like a dead server.
+            self.done = self.aborted = finished or t.is_closing()
+            return
+        if not finished and t.get_write_buffer_size() > self.BACKLOG:  # type: ignore[attr-defined]
+            return
+        n = req.num_out
+        if n == self.sent and not finished:
+            return
+        piece = self.inst._piece
+        base = req.num_prompt
+        text = "".join([piece(i) for i in req.tokens[base + self.sent : base + n]])
+        self.sent = n
+        head = self.head
+        if self.chat:
+            data = f'{head}[{{"index":0,"delta":{{"content":"{text}"}},"logprobs":null,"finish_reason":'
+        else:
+            data = f'{head}[{{"index":0,"text":"{text}","logprobs":null,"finish_reason":'
+        if finished:
+            self.done = True
+            data += f'"{req.finish_reason}","stop_reason":null}}]}}\n\n'
+            if self.include_usage:
+                data += f'{head}[],"usage":{_compact(self.inst._usage(req))}}}\n\n'
+            data += "data: [DONE]\n\n"
+        else:
+            data += "null}]}\n\n"
+        b = data.encode()
+        t.write(b"%x\r\n%b\r\n" % (len(b), b))  # type: ignore[attr-defined]
