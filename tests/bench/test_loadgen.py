@@ -103,6 +103,12 @@ async def test_closed_loop_reads_tokens_usage_and_backend(server: tuple[str, web
     assert summary["backends"] == {"b1": 5}
 
 
+async def test_connection_per_request(server: tuple[str, web.Application]) -> None:
+    url, _ = server
+    results = await run_closed_loop(url, [_chat_spec() for _ in range(3)], concurrency=2, keepalive=False)
+    assert all(r.ok and r.completion_tokens == 3 for r in results)
+
+
 async def test_errors_are_results_not_exceptions(server: tuple[str, web.Application]) -> None:
     url, _ = server
     results = await run_closed_loop(url, [_chat_spec(model="missing"), _chat_spec()], concurrency=1)

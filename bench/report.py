@@ -1,0 +1,244 @@
+"""Turn a run's points into report.md (tables, target checks) and PNG plots beside results.json.
+
+Every number in the report is in the simulated fleet's time (see bench/harness.py). A cell reads
+"mean ±half-range" over the repeats; two contenders are "within spread" when their ranges overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+METRICS = {
+    # key: (title, unit scale, unit, higher is better)
+    "ttft_p50_s": ("TTFT p50", 1000.0, "ms", False),
+    "ttft_p99_s": ("TTFT p99", 1000.0, "ms", False),
+    "throughput_rps": ("Throughput", 1.0, "req/s", True),
+    "output_tokens_per_s": ("Output tokens/s", 1.0, "tok/s", True),
+    "hit_rate": ("Prefix cache hit rate (backend counters)", 100.0, "%", True),
+}
+COMPARED = ("ttft_p50_s", "ttft_p99_s", "throughput_rps")
+COST = "kvroute:cost"
+
+
+def _value(point: dict[str, Any], metric: str) -> float | None:
+    if point.get("error"):
+        return None
+    if metric == "hit_rate":
+        return point["backend"].get("hit_rate")
+    return point["summary"].get(metric)
+
+
+class Cell:
+    def __init__(self, values: Iterable[float | None]) -> None:
+        self.values = [v for v in values if v is not None and not math.isnan(v)]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def text(self, scale: float, digits: int = 1) -> str:
+        if not self.ok:
+            return "n/a"
+        half = (self.high - self.low) / 2 * scale
+        spread = f" ±{half:.{digits}f}" if len(self.values) > 1 else ""
+        return f"{self.mean * scale:.{digits}f}{spread}"
+
+
+def aggregate(points: list[dict[str, Any]]) -> dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]]:
+    """(workload, mode) -> x -> contender -> metric -> Cell over repeats."""
+    grouped: dict[tuple[str, str, float, str], list[dict[str, Any]]] = defaultdict(list)
+    for p in points:
+        grouped[(p["workload"], p["mode"], p["x"], p["contender"])].append(p)
+    out: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]] = defaultdict(lambda: defaultdict(dict))
+    for (workload, mode, x, contender), group in grouped.items():
+        out[(workload, mode)][x][contender] = {m: Cell(_value(p, m) for p in group) for m in METRICS}
+        out[(workload, mode)][x][contender]["errors"] = Cell(
+            float(p["summary"].get("errors", 0)) if not p.get("error") else float("nan") for p in group)
+    return out
+
+
+def _contenders(table: dict[float, dict[str, dict[str, Cell]]], order: list[str]) -> list[str]:
+    present = {c for row in table.values() for c in row}
+    return [c for c in order if c in present] + sorted(present - set(order))
+
+
+def _axis(mode: str, params: dict[str, Any] | None = None) -> str:
+    return "concurrency" if mode == "closed" else "trace speedup"
+
+
+def compare(a: Cell, b: Cell, higher_better: bool) -> str:
+    """'better', 'worse' or 'same' (ranges overlap) for a against b."""
+    if not (a.ok and b.ok):
+        return "n/a"
+    if a.low <= b.high and b.low <= a.high:
+        return "same"
+    better = a.mean > b.mean if higher_better else a.mean < b.mean
+    return "better" if better else "worse"
+
+
+def targets(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]]) -> list[str]:
+    lines = []
+    blog = agg.get(("blog", "closed"), {})
+    one = blog.get(1.0, {})
+    if COST in one and "kvroute:round_robin" in one:
+        c, r = one[COST]["ttft_p50_s"], one["kvroute:round_robin"]["ttft_p50_s"]
+        if c.ok and r.ok:
+            cut = 1 - c.mean / r.mean
+            lines.append(f"- blog, concurrency 1: cost cuts TTFT p50 by **{cut * 100:.0f}%** against round_robin "
+                         f"({c.mean * 1000:.1f} ms vs {r.mean * 1000:.1f} ms); target ≥ 40%: "
+                         f"**{'met' if cut >= 0.40 else 'not met'}**.")
+    c32 = blog.get(32.0, {})
+    if COST in c32 and "kvroute:round_robin" in c32:
+        c, r = c32[COST]["throughput_rps"], c32["kvroute:round_robin"]["throughput_rps"]
+        if c.ok and r.ok:
+            verdict = compare(c, r, True)
+            lines.append(f"- blog, concurrency 32: cost {c.mean:.2f} req/s vs round_robin {r.mean:.2f} req/s "
+                         f"({verdict}); target ≥ round_robin: **{'met' if verdict != 'worse' else 'not met'}**.")
+    misses = []
+    checked = 0
+    for (workload, mode), table in sorted(agg.items()):
+        for x, row in sorted(table.items()):
+            if COST not in row:
+                continue
+            for other, cells in row.items():
+                if other in (COST, "direct"):
+                    continue
+                for metric in COMPARED:
+                    checked += 1
+                    verdict = compare(row[COST][metric], cells[metric], METRICS[metric][3])
+                    if verdict == "worse":
+                        title, scale, unit, _ = METRICS[metric]
+                        misses.append(f"  - {workload}, {_axis(mode)} {x:g}, {title}: cost "
+                                      f"{row[COST][metric].text(scale)} {unit} vs {other} "
+                                      f"{cells[metric].text(scale)} {unit}")
+    lines.append(f"- cost at least as good as every other router within the spread: {checked - len(misses)} of "
+                 f"{checked} comparisons; worse in {len(misses)}" + (":" if misses else "."))
+    lines.extend(misses)
+    return lines
+
+
+def markdown(data: dict[str, Any], plots: list[str]) -> str:
+    meta = data["meta"]
+    agg = aggregate(data["points"])
+    order = [c["name"] for c in meta["contenders"]]
+    fleet = meta["fleet"]
+    out = [f"# kvroute benchmark: suite `{meta['suite']}`", ""]
+    out += [f"- command: `{meta['command']}`",
+            f"- started {meta['started']}, took {meta.get('duration_s', 0) / 60:.1f} min",
+            f"- machine: {meta['machine']['nproc']} cores, {meta['machine']['cpu']}, Python {meta['machine']['python']}",
+            f"- fleet: {fleet['instances']} × `kvroute sim` profile `{fleet['profile']}` ({fleet['kv_blocks']} KV blocks "
+            f"each), simulated clock ×{fleet['time_scale']:g} unless a section says otherwise; every number below "
+            f"is in the fleet's time (wall seconds × the scale)",
+            f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+            f"- repeats per point: {meta['repeats']} (cells: mean ±half-range)", ""]
+    out += ["## Targets", ""] + targets(agg) + [""]
+    for (workload, mode), table in sorted(agg.items()):
+        sweep = next((s for s in meta["sweeps"] if s["workload"] == workload and s["mode"] == mode), {})
+        names = _contenders(table, order)
+        out += [f"## {workload} ({'closed loop' if mode == 'closed' else 'open loop'})", ""]
+        scale = sweep.get("time_scale") or fleet["time_scale"]
+        params = next((p["params"] for p in data["points"] if p["workload"] == workload and p["mode"] == mode), {})
+        shown = {k: v for k, v in params.items() if k not in ("path", "speedup", "time_scale")}
+        out += [f"simulated clock ×{scale:g}; workload: " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), ""]
+        for metric in ("ttft_p50_s", "ttft_p99_s", "throughput_rps", "hit_rate"):
+            title, scale, unit, _ = METRICS[metric]
+            out += [f"**{title}** ({unit})", "", "| " + _axis(mode) + " | " + " | ".join(names) + " |",
+                    "|---:|" + "---:|" * len(names)]
+            for x, row in sorted(table.items()):
+                cells = [row[n][metric].text(scale, 2 if unit == "req/s" else 1) if n in row else "" for n in names]
+                out.append(f"| {x:g} | " + " | ".join(cells) + " |")
+            out.append("")
+        errors = [(x, n, row[n]["errors"].mean) for x, row in sorted(table.items()) for n in names
+                  if n in row and row[n]["errors"].ok and row[n]["errors"].mean > 0]
+        failed = [(p["x"], p["contender"], p["error"]) for p in data["points"]
+                  if p["workload"] == workload and p["mode"] == mode and p.get("error")]
+        if errors or failed:
+            out += ["Errors: " + "; ".join([f"{n} at {x:g}: {e:g} failed requests" for x, n, e in errors] +
+                                            [f"{n} at {x:g}: {e}" for x, n, e in failed]), ""]
+    if plots:
+        out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+def plot(data: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(data["points"])
+    order = [c["name"] for c in data["meta"]["contenders"]]
+    files = []
+    for (workload, mode), table in sorted(agg.items()):
+        names = _contenders(table, order)
+        xs = sorted(table)
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+        for ax, metric in zip(axes, ("ttft_p50_s", "ttft_p99_s", "throughput_rps")):
+            title, scale, unit, _ = METRICS[metric]
+            for name in names:
+                pts = [(x, table[x][name][metric]) for x in xs if name in table[x] and table[x][name][metric].ok]
+                if not pts:
+                    continue
+                px = [x for x, _ in pts]
+                mean = [c.mean * scale for _, c in pts]
+                err = [[(c.mean - c.low) * scale for _, c in pts], [(c.high - c.mean) * scale for _, c in pts]]
+                style = "-" if name.startswith("kvroute") else "--" if name.startswith("sglang") else ":"
+                ax.errorbar(px, mean, yerr=err, label=name, linestyle=style, marker="o", capsize=3,
+                            linewidth=2.2 if name == COST else 1.2)
+            if mode == "closed" and len(xs) > 2:
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(_axis(mode))
+            ax.set_ylabel(unit)
+            ax.set_title(f"{workload}: {title}")
+            ax.grid(True, alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        name = f"{workload}_{mode}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        files.append(name)
+    # Cache hit rate per contender, averaged over each workload's points.
+    workloads = sorted(agg)
+    names = _contenders({0.0: {c: {} for t in agg.values() for row in t.values() for c in row}}, order)
+    names = [n for n in names if n != "direct"]
+    if workloads and names:
+        fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(workloads) * len(names) / 4), 4.6))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            heights = []
+            for key in workloads:
+                rates = [v for row in agg[key].values() if name in row for v in row[name]["hit_rate"].values]
+                heights.append(100 * sum(rates) / len(rates) if rates else 0.0)
+            ax.bar([w + i * width for w in range(len(workloads))], heights, width, label=name)
+        ax.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))])
+        ax.set_xticklabels([f"{w} ({m})" for w, m in workloads])
+        ax.set_ylabel("prefix cache hit rate, %")
+        ax.set_title("Prefix cache hit rate per contender (backend counters, mean over points)")
+        ax.legend(fontsize=8, ncol=2)
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "cache_hit_rate.png", dpi=90)
+        plt.close(fig)
+        files.append("cache_hit_rate.png")
+    return files
+
+
+def write(data: dict[str, Any], out: Path) -> None:
+    files = plot(data, out)
+    (out / "report.md").write_text(markdown(data, files))

@@ -1,0 +1,256 @@
+"""`python -m bench.run --suite standard|quick`: every contender, same fleet, same workloads, one report.
+
+Protocol of a point: the simulated fleet's caches and counters are emptied, the contender starts fresh
+in front of it, the workload runs (closed loop at a concurrency, or open loop at a rate), the fleet's
+counters are read, the contender stops. Contenders take turns at each point, in an order rotated by
+the repeat, so that slow drift of the machine does not favour one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench import contenders as contenders_mod
+from bench import report, workloads
+from bench.harness import FleetProc, Point, run_point
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL_CONTENDERS = [*(f"kvroute:{p}" for p in contenders_mod.KVROUTE_POLICIES),
+                  *(f"sglang:{p}" for p in contenders_mod.SGLANG_POLICIES), "direct"]
+
+
+@dataclass
+class Sweep:
+    """One workload over a set of points: concurrencies (closed loop) or load levels (open loop)."""
+
+    workload: str  # blog | gsp | multiturn | trace
+    mode: str  # closed | open
+    points: list[float]
+    # Closed loop: requests per point = clamp(per_client * concurrency, min, max).
+    per_client: int = 8
+    min_requests: int = 32
+    max_requests: int = 256
+    # Workload-builder arguments (see bench/workloads.py).
+    params: dict[str, Any] = field(default_factory=dict)
+    # Open loop without a trace: Poisson rates (fleet requests/s) are the points; with a trace the
+    # points are its speedups.
+    direct_max: float = 4  # "direct" (one backend, no router) only up to this point: a floor, not a rival
+    repeats: int | None = None  # default: the suite's
+    time_scale: float | None = None  # default: the suite's (the fleet restarts when it changes)
+
+    def requests_at(self, x: float) -> int:
+        return max(self.min_requests, min(self.max_requests, int(self.per_client * x)))
+
+
+@dataclass
+class Suite:
+    name: str
+    sweeps: list[Sweep]
+    repeats: int = 2
+    time_scale: float = 2.0
+    instances: int = 4
+    profile: str = "qwen2.5-1.5b-l4"
+    engine: dict[str, int | float] = field(default_factory=dict)
+    contenders: list[str] = field(default_factory=lambda: list(ALL_CONTENDERS))
+    seed: int = 0
+    # A fresh client connection per request, for every contender: the SGLang gateway 0.3.2 does not set
+    # TCP_NODELAY, so on a reused connection its first stream chunks wait ~40 ms for the client's
+    # delayed ACK (docs/benchmarks.md); the comparison is about routing, so no contender gets that hit.
+    keepalive: bool = False
+
+
+CONCURRENCY = [1, 2, 4, 8, 16, 32, 64]
+
+SUITES: dict[str, Suite] = {
+    "standard": Suite(
+        "standard",
+        sweeps=[
+            Sweep("blog", "closed", CONCURRENCY, per_client=4, min_requests=24, max_requests=256),
+            Sweep("gsp", "closed", [8, 32], per_client=8, min_requests=96, max_requests=256,
+                  params={"scale": 0.25}),
+            Sweep("multiturn", "closed", [8, 32], params={"conversations": 32, "turns": 5},
+                  min_requests=160, max_requests=160),
+            # The whole trace (its prefix reuse spans all of it: a 400-request slice shares 5% of its
+            # blocks, the whole 64%), blocks cut to 32 tokens, replayed 16-48x faster than recorded.
+            Sweep("trace", "open", [16, 32, 48], params={"length_scale": 1 / 16}, direct_max=0, repeats=1,
+                  time_scale=4.0),
+        ],
+        repeats=2,
+        time_scale=2.0,
+    ),
+    "quick": Suite(
+        "quick",
+        sweeps=[
+            Sweep("blog", "closed", [1, 8, 32], per_client=2, min_requests=8, max_requests=64),
+            Sweep("trace", "open", [32], params={"limit": 200, "length_scale": 1 / 16}, direct_max=0),
+        ],
+        repeats=1,
+        time_scale=4.0,
+    ),
+}
+
+
+def build_workload(sweep: Sweep, model: str, x: float, seed: int) -> workloads.Workload:
+    params = dict(sweep.params)
+    if sweep.workload == "blog":
+        return workloads.blog(model, sweep.requests_at(x), seed=seed, **params)
+    if sweep.workload == "gsp":
+        return workloads.gsp(model, seed=seed, limit=sweep.requests_at(x), **params)
+    if sweep.workload == "multiturn":
+        return workloads.multiturn(model, seed=seed, **params)
+    if sweep.workload == "trace":
+        if sweep.mode == "open":
+            params["speedup"] = x
+        return workloads.trace(model, seed=seed, **params)
+    raise ValueError(f"unknown workload {sweep.workload!r}")
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    # Per-request lines and process logs are large: raw/ stays out of git (.gitignore); results.json,
+    # report.md and the plots are what a committed run keeps.
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    logs = out / "raw" / "logs"
+    fleet = FleetProc(suite.instances, suite.profile, suite.time_scale, suite.seed, logs,
+                      engine=suite.engine)
+    started = time.time()
+    points: list[Point] = []
+    requests_path = out / "raw" / "requests.jsonl"
+    await fleet.start()
+    fleet_scale = suite.time_scale
+    meta = {
+        "suite": suite.name,
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m bench.run " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "versions": contenders_mod.versions(),
+        "fleet": {"instances": suite.instances, "profile": suite.profile, "time_scale": suite.time_scale,
+                  "engine_overrides": suite.engine, "kv_blocks": fleet.info.get("kv_blocks"),
+                  "profile_numbers": fleet.info.get("profile")},
+        "contenders": [contenders_mod.by_name(n).describe() for n in suite.contenders],
+        "sweeps": [dataclasses.asdict(s) for s in suite.sweeps],
+        "repeats": suite.repeats,
+        "client": {"keepalive": suite.keepalive, "stream": True, "include_usage": True},
+    }
+    try:
+        with open(requests_path, "w") as raw:
+            for sweep in suite.sweeps:
+                scale = sweep.time_scale or suite.time_scale
+                if scale != fleet_scale:
+                    await fleet.stop()
+                    fleet = FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine)
+                    await fleet.start()
+                    fleet_scale = scale
+                for repeat in range(sweep.repeats or suite.repeats):
+                    seed = suite.seed + repeat
+                    for x in sweep.points:
+                        work = build_workload(sweep, fleet.model, x, seed)
+                        names = [n for n in suite.contenders if n != "direct" or x <= sweep.direct_max]
+                        shift = repeat % len(names)
+                        for name in names[shift:] + names[:shift]:
+                            label = f"{sweep.workload} {sweep.mode} x={x:g} r{repeat} {name}"
+                            point, results = await run_point(
+                                fleet, contenders_mod.by_name(name), work, mode=sweep.mode, x=x, repeat=repeat,
+                                seed=seed, time_scale=scale, log_dir=logs, progress_label=label,
+                                keepalive=suite.keepalive)
+                            points.append(point)
+                            for r in results:
+                                raw.write(json.dumps({"point": point.key(), **r.to_json()}) + "\n")
+                            s = point.summary
+                            print(f"{label}: " + (f"ERROR {point.error}" if point.error else
+                                  f"ok {s['ok']}/{s['requests']} ttft p50 {_ms(s['ttft_p50_s'])} "
+                                  f"p99 {_ms(s['ttft_p99_s'])} thr {_num(s['throughput_rps'])} req/s "
+                                  f"hit {_num(point.backend.get('hit_rate'))} "
+                                  f"cores {_num(point.cpu.get('cores_busy'))} "
+                                  f"[{time.time() - started:.0f}s]"), file=log, flush=True)
+    finally:
+        await fleet.stop()
+    meta["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    meta["duration_s"] = time.time() - started
+    data = {"meta": meta, "points": [dataclasses.asdict(p) for p in points]}
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    report.write(data, out)
+    return data
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f}ms"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument("--out", type=Path, help="results directory (default bench/results/<suite>-<time>)")
+    parser.add_argument("--contenders", help="comma-separated subset, e.g. kvroute:cost,sglang:cache_aware")
+    parser.add_argument("--workloads", help="comma-separated subset of the suite's workloads")
+    parser.add_argument("--points", help="comma-separated points replacing every sweep's (concurrency or speedup)")
+    parser.add_argument("--repeats", type=int, help="repeats per point")
+    parser.add_argument("--max-requests", type=int, help="cap on requests per point (smaller, faster runs)")
+    parser.add_argument("--time-scale", type=float, help="simulated clock speed-up (default: the suite's)")
+    parser.add_argument("--keepalive", action="store_true", help="reuse client connections (see Suite.keepalive)")
+    args = parser.parse_args(argv)
+
+    suite = dataclasses.replace(SUITES[args.suite])
+    suite.sweeps = [dataclasses.replace(s) for s in suite.sweeps]
+    if args.contenders:
+        suite.contenders = [contenders_mod.by_name(n.strip()).name for n in args.contenders.split(",")]
+    if args.workloads:
+        keep = {w.strip() for w in args.workloads.split(",")}
+        suite.sweeps = [s for s in suite.sweeps if s.workload in keep]
+    for sweep in suite.sweeps:
+        if args.points:
+            sweep.points = [float(p) for p in args.points.split(",")]
+        if args.repeats is not None:
+            sweep.repeats = args.repeats
+        if args.max_requests is not None:
+            sweep.max_requests = args.max_requests
+            sweep.min_requests = min(sweep.min_requests, args.max_requests)
+            if sweep.workload == "trace":
+                sweep.params["limit"] = min(sweep.params.get("limit", args.max_requests), args.max_requests)
+    if args.repeats is not None:
+        suite.repeats = args.repeats
+    if args.keepalive:
+        suite.keepalive = True
+    if args.time_scale is not None:
+        suite.time_scale = args.time_scale
+        for sweep in suite.sweeps:
+            sweep.time_scale = None
+    out = args.out or RESULTS / f"{suite.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    import uvloop
+
+    uvloop.run(run_suite(suite, out))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
