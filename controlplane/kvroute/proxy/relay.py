@@ -33,6 +33,8 @@ ENDPOINTS = {
 }
 PRIORITIES = {b"high": "high", b"normal": "normal", b"low": "low"}
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
+# How often a queued request asks the core again even if no release in this process woke it.
+_RECHECK_S = 1.0
 # Client headers the router consumes or re-frames instead of forwarding.
 _NOT_FORWARDED = http.HOP_BY_HOP | {b"x-request-id", b"x-priority"}
 
@@ -193,7 +195,7 @@ class Dispatcher:
                     self.observer.queued(priority)
                 woken = await self._wait_turn(decision)
                 if woken is None:
-                    return self._error(conn, req, 503, f"waited in the {priority} queue past its limit",
+                    return self._error(conn, req, 503, f"waited in the {priority} queue past queue_timeout",
                                        "queue_timeout", rid=rid)
                 decision = woken
                 continue
@@ -225,20 +227,35 @@ class Dispatcher:
                 return self.api_key_tiers.get(auth[7:].strip(), "normal")
         return "normal"
 
-    async def _wait_turn(self, queued: Queued) -> Routed | Rejected | Queued | None:
-        """Hold a queued request until the core wakes it; None when it waited past its tier's limit."""
-        wait_id = queued.wait_id
-        waiter = self.waiters[wait_id] = self.loop.create_future()
-        try:
-            async with asyncio.timeout(self.settings.queue_timeout):
-                await waiter
-        except TimeoutError:
-            self._leave_queue(wait_id)
-            return None
-        except asyncio.CancelledError:
-            self._leave_queue(wait_id)
-            raise
-        return self.router.resume(wait_id)
+    async def _wait_turn(self, queued: Queued) -> Routed | Rejected | None:
+        """Hold a queued request until the core routes or rejects it; None past `queue_timeout`.
+
+        Woken by the ids `release` returns, and every `_RECHECK_S` regardless: room can also appear
+        without a release in this process (the polled load of a backend dropped, a backend came back).
+        """
+        loop = self.loop
+        deadline = loop.time() + self.settings.queue_timeout
+        decision: Routed | Rejected | Queued = queued
+        while isinstance(decision, Queued):
+            wait_id = decision.wait_id
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._leave_queue(wait_id)
+                return None
+            waiter = self.waiters[wait_id] = loop.create_future()
+            try:
+                async with asyncio.timeout(min(remaining, _RECHECK_S)):
+                    await waiter
+            except TimeoutError:
+                self.waiters.pop(wait_id, None)
+            except asyncio.CancelledError:
+                self._leave_queue(wait_id)
+                raise
+            try:
+                decision = self.router.resume(wait_id)
+            except KvrouteError:
+                return None  # the core no longer holds it
+        return decision
 
     def _leave_queue(self, wait_id: int) -> None:
         self.waiters.pop(wait_id, None)
