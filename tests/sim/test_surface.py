@@ -161,13 +161,15 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))",
         "--instances", "2", "--base-port", "0", "--per-token-delay", "0.001", "--num-gpu-blocks", "64",
-        stdout=asyncio.subprocess.PIPE)
+        "--fault", "1:error_rate:1", stdout=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
         info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert info["num_gpu_blocks"] == 64 and len(info["urls"]) == 2
         async with http.post(info["urls"][0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}) as r:
             assert r.status == 200
+        async with http.post(info["urls"][1] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}) as r:
+            assert r.status == 500
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:

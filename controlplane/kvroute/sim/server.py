@@ -18,7 +18,7 @@ from aiohttp import web
 from .engine import FINISHED, Engine, Request, SimClock
 from .metrics import render
 from .profiles import Profile
-from .tokenizer import TemplateError, Tokenizer, completion_prefix, render_chat
+from .tokenizer import TemplateError, Tokenizer, render_chat
 
 FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "none")
 
@@ -338,7 +338,7 @@ class SimInstance:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str) and prompt:
-            return tok.encode(completion_prefix(template) + prompt)
+            return tok.encode_prompt(prompt, template)
         if (isinstance(prompt, list) and prompt
                 and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)):
             return list(prompt)  # token ids, used as given (vLLM adds nothing to them)

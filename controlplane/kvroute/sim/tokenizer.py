@@ -39,6 +39,8 @@ class Tokenizer(Protocol):
 
     def encode_segments(self, segments: list[str]) -> list[int]: ...
 
+    def encode_prompt(self, text: str, template: str) -> list[int]: ...
+
     def decode_one(self, token_id: int) -> str: ...
 
     def output_ids(self) -> list[int]: ...
@@ -76,6 +78,10 @@ class HashTokenizer:
             i = ids.get(piece)
             out.append(i if i is not None else self._id(piece))
         return out
+
+    def encode_prompt(self, text: str, template: str) -> list[int]:
+        """A completions prompt, with what the model's tokenizer adds in front (Llama's BOS)."""
+        return self.encode(completion_prefix(template) + text)
 
     def encode_segments(self, segments: list[str]) -> list[int]:
         """Encode a rendered chat turn by turn. Every turn starts with a special marker, where no
@@ -119,6 +125,10 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str, template: str) -> list[int]:
+        # vLLM tokenizes completions prompts with the tokenizer's own special tokens (BOS...).
+        return self._tok.encode(text, add_special_tokens=True).ids
 
     def encode_segments(self, segments: list[str]) -> list[int]:
         # The real tokenizer sees the whole text, so counts match the model exactly.
