@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import ipaddress
 import os
 import typing
 from dataclasses import dataclass, field
@@ -174,12 +175,24 @@ def _check(name: str, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: key {name!r} must be a port number (0-65535); got {value!r}")
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def validate(settings: Settings) -> Settings:
     """Checks that involve several keys, once every source has been applied."""
     required = {"file": "discovery_file", "dns": "dns_name"}
     needed = required.get(settings.discovery)
     if needed and not getattr(settings, needed):
         raise ConfigError(f"configuration: discovery is {settings.discovery!r} but key {needed!r} is empty")
+    if not settings.admin_token and not is_loopback(settings.admin_host):
+        raise ConfigError(f"configuration: key 'admin_host' is {settings.admin_host!r}, not a loopback address, and "
+                          "'admin_token' is empty: set KVROUTE_ADMIN_TOKEN to expose the admin API")
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")
@@ -271,4 +284,4 @@ def parse_settings(argv: Sequence[str]) -> Settings:
 
 
 __all__ = ["ConfigError", "Settings", "add_arguments", "load", "from_yaml", "from_mapping", "as_dict", "parse_settings",
-           "validate"]
+           "validate", "is_loopback"]

@@ -90,6 +90,8 @@ async def test_admin_add_makes_a_backend_receive_traffic(sims):
         assert again.status_code == 409
         bad = await client.post(admin_url(gateway) + "/admin/backends", json={"url": "ftp://x"})
         assert bad.status_code == 400 and "http(s)" in bad.json()["error"]["message"]
+        one = (await client.get(admin_url(gateway) + f"/admin/backends/{bid(sims.urls[1])}")).json()
+        assert one["id"] == bid(sims.urls[1]) and one["routable"]
         listed = (await client.get(admin_url(gateway) + "/admin/backends")).json()["backends"]
         assert {b["id"] for b in listed} == {bid(u) for u in sims.urls}
         assert all("learned" in b["core"] for b in listed)  # the core's own view rides along

@@ -56,6 +56,10 @@ def test_cross_key_checks():
         _load(["--discovery", "dns"])
     with pytest.raises(ConfigError, match="'poll_timeout'"):
         _load(["--poll-interval", "0.5", "--poll-timeout", "2"])
+    with pytest.raises(ConfigError, match="'admin_host'.*KVROUTE_ADMIN_TOKEN"):
+        _load(["--admin-host", "0.0.0.0"])
+    assert _load(["--admin-host", "0.0.0.0"], {"KVROUTE_ADMIN_TOKEN": "t"}).admin_token == "t"
+    assert _load(["--admin-host", "::1"]).admin_host == "::1"
 
 
 def test_defaults_are_valid():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -25,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvroute.admin.observe import CONTENT_TYPE
-from kvroute.config import ConfigError, as_dict
+from kvroute.config import ConfigError, as_dict, is_loopback
 from kvroute.control.fleet import backend_id_for
 from kvroute.control.plane import TIERS, apply_admission
 
@@ -35,15 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvroute.admin")
 
 STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -130,6 +120,10 @@ def create_app(gateway: Gateway) -> FastAPI:
                 state["core"] = core[backend.id]
             states.append(state)
         return {"backends": states}
+
+    @app.get("/admin/backends/{backend_id}", dependencies=guarded, summary="One backend's full state")
+    async def get_backend(backend_id: str) -> dict[str, Any]:
+        return backend_state(backend_id)
 
     @app.post("/admin/backends", dependencies=guarded, status_code=201, summary="Add a backend")
     async def add_backend(body: BackendIn) -> dict[str, Any]:
@@ -315,4 +309,4 @@ async def start(gateway: Gateway) -> AdminServer:
     return AdminServer(server, task, settings.admin_host, port)
 
 
-__all__ = ["AdminServer", "create_app", "is_loopback", "start"]
+__all__ = ["AdminServer", "create_app", "start"]
