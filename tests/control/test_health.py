@@ -42,16 +42,19 @@ def test_breaker_cycle():
     clock = Clock()
     breaker = CircuitBreaker(failures=3, cooldown=10.0, clock=clock)
     assert not breaker.record(False) and not breaker.record(False)
-    assert breaker.record(False) and breaker.state is CircuitState.OPEN
-    assert not breaker.record(False)  # late outcomes of requests already in flight
+    assert breaker.record(False) and breaker.state is CircuitState.OPEN and breaker.is_open
+    assert not breaker.record(True)  # late outcomes of requests already in flight change nothing
+    assert breaker.state is CircuitState.OPEN
     clock.now += 9.0
-    assert not breaker.tick() and breaker.is_open
+    assert not breaker.tick() and breaker.state is CircuitState.OPEN
     clock.now += 1.0
     assert breaker.tick() and breaker.state is CircuitState.HALF_OPEN
-    assert breaker.record(False) and breaker.state is CircuitState.OPEN  # probe failed: cool down again
+    assert breaker.is_open  # no client traffic until the probe says so
+    assert not breaker.record(False) and breaker.state is CircuitState.OPEN  # probe failed: cool down again
+    assert not breaker.tick()
     clock.now += 10.0
-    breaker.tick()
-    assert not breaker.record(True) and breaker.state is CircuitState.CLOSED
+    assert breaker.tick()
+    assert breaker.record(True) and breaker.state is CircuitState.CLOSED and not breaker.is_open
     assert breaker.trips == 2
 
 

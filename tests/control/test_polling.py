@@ -113,14 +113,17 @@ async def test_circuit_opens_on_reported_failures_and_probes_back(sims):
     async with control_only(backend=sims.urls) as gateway:
         fleet = gateway.fleet
         bad = fleet.get(backend_of(sims.urls[0]))
+        await sims.set_fault(0, "error_rate", 1.0)
         for _ in range(3):
             fleet.report(bad.id, False, "http_5xx")
         assert bad.circuit.value == "open"
         assert bad.id not in route_many(gateway)
-        await wait_until(lambda: bad.circuit.value == "half_open", "half-open after the cool-down")
-        assert bad.id in route_many(gateway)  # the probe traffic goes there again
-        fleet.report(bad.id, True)
-        assert bad.circuit.value == "closed"
+        # The probe after each cool-down fails while the backend still answers 500: open again.
+        await wait_until(lambda: bad.breaker.trips >= 2, "a failed half-open probe reopens the circuit")
+        assert bad.id not in route_many(gateway)
+        await sims.set_fault(0, "none")
+        await wait_until(lambda: bad.circuit.value == "closed", "a passing probe closes the circuit")
+        assert bad.id in route_many(gateway)
 
 
 async def test_requests_go_only_to_backends_serving_the_model():

@@ -57,9 +57,11 @@ class CircuitState(str, enum.Enum):
 class CircuitBreaker:
     """Passive outlier ejection from request outcomes (consecutive failures, like Envoy's consecutive_5xx).
 
-    closed --N consecutive failures--> open --cool-down--> half_open --success--> closed
-                                                            half_open --failure--> open (cool-down again)
-    In half_open the core routes to the backend again; the first outcome reported decides.
+    closed --N consecutive failures--> open --cool-down--> half_open --probe succeeds--> closed
+                                                            half_open --probe fails--> open (cool-down again)
+    The core gets no client traffic for the backend while the circuit is open or half-open: the
+    half-open trial is one small request the control plane sends itself, so no client request is
+    spent finding out whether the backend has recovered.
     """
 
     def __init__(self, failures: int, cooldown: float, clock: Clock = time.monotonic) -> None:
@@ -73,7 +75,8 @@ class CircuitBreaker:
 
     @property
     def is_open(self) -> bool:
-        return self.state is CircuitState.OPEN
+        """True while the core must not route client requests to the backend (open or half-open)."""
+        return self.state is not CircuitState.CLOSED
 
     def _open(self) -> None:
         self.state = CircuitState.OPEN
@@ -81,26 +84,25 @@ class CircuitBreaker:
         self.trips += 1
 
     def record(self, ok: bool) -> bool:
-        """Feed one request outcome; True when `is_open` flipped."""
+        """Feed one outcome (a client request's or the half-open probe's); True when `is_open` flipped."""
         before = self.is_open
-        if ok:
-            self.failures = 0
-            if self.state is CircuitState.HALF_OPEN:
+        if self.state is CircuitState.HALF_OPEN:
+            if ok:
                 self.state = CircuitState.CLOSED
-        elif self.state is CircuitState.HALF_OPEN:
-            self._open()
+                self.failures = 0
+            else:
+                self._open()
         elif self.state is CircuitState.CLOSED:
-            self.failures += 1
+            self.failures = 0 if ok else self.failures + 1
             if self.failures >= self.threshold:
                 self._open()
-        # Outcomes of requests that were already in flight when the circuit opened change nothing.
+        # While open, outcomes of requests that were in flight when it opened change nothing.
         return self.is_open != before
 
     def tick(self) -> bool:
-        """Let time pass: open becomes half_open after the cool-down. True when `is_open` flipped."""
+        """Let time pass: open becomes half_open after the cool-down. True when the state changed."""
         if self.state is CircuitState.OPEN and self.clock() - self.opened_at >= self.cooldown:
             self.state = CircuitState.HALF_OPEN
-            self.failures = 0
             return True
         return False
 

@@ -109,6 +109,8 @@ class ControlPlane:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.poller is not None:
+            await self.poller.close()
         if self.client is not None:
             await self.client.aclose()
             self.client = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from kvroute.control.fleet import Backend, Fleet
+from kvroute.control.health import CircuitState
 from kvroute.control.metrics import MetricsParseError, counters_reset, parse_metrics
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ class Poller:
         self.timeout = settings.poll_timeout
         self.errors = errors
         self.rounds = 0
+        # The half-open trial is a real (one-token) completion: give it the data plane's patience.
+        self.probe_timeout = settings.first_byte_timeout
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     async def _get(self, url: str) -> httpx.Response:
         try:
@@ -127,6 +131,43 @@ class Poller:
             await asyncio.gather(*(self.poll_backend(backend) for backend in backends))
         self.rounds += 1
         self.fleet.tick()
+        self._start_probes()
+
+    def _start_probes(self) -> None:
+        for backend in self.fleet.all():
+            if backend.breaker.state is CircuitState.HALF_OPEN and backend.id not in self._probes:
+                task = asyncio.get_running_loop().create_task(self._probe(backend), name=f"probe {backend.id}")
+                self._probes[backend.id] = task
+                task.add_done_callback(lambda _, key=backend.id: self._probes.pop(key, None))
+
+    async def _trial(self, backend: Backend) -> bool:
+        """One small request of the kind clients send; True unless it fails the way that opened the
+        circuit (no connection, timeout, 5xx). Without known models, /health has to do."""
+        try:
+            if backend.models:
+                response = await self.client.post(
+                    backend.url + "/v1/completions", timeout=self.probe_timeout,
+                    json={"model": backend.models[0], "prompt": "ping", "max_tokens": 1})
+            else:
+                response = await self.client.get(backend.url + "/health", timeout=self.probe_timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+    async def _probe(self, backend: Backend) -> None:
+        ok = await self._trial(backend)
+        if self.fleet.get(backend.id) is not backend or backend.breaker.state is not CircuitState.HALF_OPEN:
+            return  # removed, or a client request's outcome decided first
+        backend.breaker.record(ok)
+        log.info("backend %s: half-open probe %s, circuit %s", backend.id, "passed" if ok else "failed",
+                 backend.breaker.state.value)
+        self.fleet.push(backend)
+
+    async def close(self) -> None:
+        probes = list(self._probes.values())
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
 
     async def run(self) -> None:
         while True:
