@@ -186,7 +186,8 @@ def is_loopback(host: str) -> bool:
 
 def validate(settings: Settings) -> Settings:
     """Checks that involve several keys, once every source has been applied."""
-    required = {"file": "discovery_file", "dns": "dns_name"}
+    # Without a selector a Kubernetes source would take every EndpointSlice in the namespace.
+    required = {"file": "discovery_file", "dns": "dns_name", "kubernetes": "k8s_label_selector"}
     needed = required.get(settings.discovery)
     if needed and not getattr(settings, needed):
         raise ConfigError(f"configuration: discovery is {settings.discovery!r} but key {needed!r} is empty")

@@ -54,6 +54,8 @@ def test_cross_key_checks():
         _load(["--discovery", "file"])
     with pytest.raises(ConfigError, match="'dns_name'"):
         _load(["--discovery", "dns"])
+    with pytest.raises(ConfigError, match="'k8s_label_selector'"):
+        _load(["--discovery", "kubernetes"])
     with pytest.raises(ConfigError, match="'poll_timeout'"):
         _load(["--poll-interval", "0.5", "--poll-timeout", "2"])
     with pytest.raises(ConfigError, match="'admin_host'.*KVROUTE_ADMIN_TOKEN"):
