@@ -47,11 +47,14 @@ struct Lru {
     tail: u32,
     len: u64,
     capacity: u64,
+    /// Bumped by every change of order or contents (insert, clear, capacity): equal versions mean
+    /// an identical list, which lets a refresh that would change nothing be skipped.
+    version: u64,
 }
 
 impl Lru {
     fn new(capacity: u64) -> Self {
-        Lru { nodes: Vec::new(), free: Vec::new(), head: NIL, tail: NIL, len: 0, capacity }
+        Lru { nodes: Vec::new(), free: Vec::new(), head: NIL, tail: NIL, len: 0, capacity, version: 0 }
     }
 
     fn unlink(&mut self, n: u32) {
@@ -162,8 +165,9 @@ impl PrefixIndex {
         while let Some(h) = lru.pop_back() {
             hashes.push(h);
         }
-        let cap = lru.capacity;
+        let (cap, version) = (lru.capacity, lru.version);
         *lru = Lru::new(cap); // release the slab's memory too
+        lru.version = version + 1;
         for h in hashes {
             self.drop_holder(h, slot);
         }
@@ -172,6 +176,7 @@ impl PrefixIndex {
     pub fn set_capacity(&mut self, slot: u32, capacity_blocks: u64) {
         if let Some(Some(lru)) = self.lrus.get_mut(slot as usize) {
             lru.capacity = capacity_blocks;
+            lru.version += 1;
         }
         self.evict(slot);
     }
@@ -262,16 +267,27 @@ impl PrefixIndex {
     }
 
     /// Record that `slot` now holds the whole chain `blocks` (most recent use), evicting its least
-    /// recently used blocks beyond capacity.
-    pub fn insert(&mut self, slot: u32, blocks: &[u64]) {
+    /// recently used blocks beyond capacity. Returns the backend's list version afterwards.
+    pub fn insert(&mut self, slot: u32, blocks: &[u64]) -> u64 {
         if !matches!(self.lrus.get(slot as usize), Some(Some(_))) {
-            return;
+            return 0;
         }
         // Leaf first, root last: ancestors end up more recent than descendants (see module doc).
         for &h in blocks.iter().rev() {
             self.touch(slot, h);
         }
         self.evict(slot);
+        let lru = self.lrus[slot as usize].as_mut().expect("checked above");
+        lru.version += 1;
+        lru.version
+    }
+
+    /// The version `insert` returned, if nothing changed `slot`'s list since.
+    pub fn version(&self, slot: u32) -> u64 {
+        match self.lrus.get(slot as usize) {
+            Some(Some(l)) => l.version,
+            _ => u64::MAX,
+        }
     }
 
     fn touch(&mut self, slot: u32, hash: u64) {

@@ -131,6 +131,8 @@ struct Ticket {
     work_ahead: u64,
     ttft_s: Option<f64>,
     blocks: Vec<u64>,
+    /// The backend's index version right after this ticket's chain was inserted.
+    index_version: u64,
 }
 
 struct Waiter {
@@ -175,6 +177,7 @@ pub struct Router {
     branches: BTreeMap<&'static str, u64>,
     // Scratch buffers reused across routes.
     matches: Vec<(u32, u32)>,
+    slot_blocks: Vec<u32>,
     cands: Vec<Cand>,
 }
 
@@ -206,6 +209,7 @@ impl Router {
             index: PrefixIndex::new(),
             branches: BTreeMap::new(),
             matches: Vec::new(),
+            slot_blocks: Vec::new(),
             cands: Vec::new(),
         })
     }
@@ -404,12 +408,20 @@ impl Router {
         // Features: cached prefix and predicted TTFT for every candidate.
         let mut matches = std::mem::take(&mut self.matches);
         self.index.longest_prefix(&req.blocks, &mut matches);
+        // Matches land in a slot-indexed array first: a linear search per candidate would make
+        // this O(candidates x holders).
+        self.slot_blocks.resize(self.slots.len(), 0);
+        for &(slot, n) in &matches {
+            self.slot_blocks[slot as usize] = n;
+        }
         for c in cands.iter_mut() {
-            if let Some(&(_, n)) = matches.iter().find(|m| m.0 == c.slot) {
-                c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
-            }
+            let n = self.slot_blocks[c.slot as usize];
+            c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
             let b = self.backend(c.slot);
             c.ttft = Self::predict(&self.policy.weights, b, req.prompt_tokens - c.cached_tokens);
+        }
+        for &(slot, _) in &matches {
+            self.slot_blocks[slot as usize] = 0;
         }
         self.matches = matches;
 
@@ -517,12 +529,19 @@ impl Router {
         b.routed += 1;
         b.predicted_cached_tokens += c.cached_tokens;
         let backend_id = b.id.clone();
-        self.index.insert(c.slot, &req.blocks);
+        let index_version = self.index.insert(c.slot, &req.blocks);
         let Request { model, stream, max_tokens, prompt_tokens, blocks, .. } = req;
-        self.tickets.insert(
-            ticket,
-            Ticket { slot: c.slot, gen, pending_tokens: uncached, pending: true, work_ahead, ttft_s: None, blocks },
-        );
+        let t = Ticket {
+            slot: c.slot,
+            gen,
+            pending_tokens: uncached,
+            pending: true,
+            work_ahead,
+            ttft_s: None,
+            blocks,
+            index_version,
+        };
+        self.tickets.insert(ticket, t);
         Routed {
             ticket,
             backend_id,
@@ -629,15 +648,14 @@ impl Router {
     /// equal backends share load instead of the first one taking everything. The RNG is drawn
     /// only when there is a tie, which keeps the Python reference in lockstep.
     fn argmin_tie(&mut self, cands: &[Cand], score: impl Fn(&Backend, &Cand) -> f64, tol: f64) -> usize {
-        let scores: Vec<f64> = cands.iter().map(|c| score(self.backend(c.slot), c)).collect();
-        let min = scores.iter().copied().fold(f64::INFINITY, f64::min);
+        // Two passes over the scores instead of collecting them: no allocation per decision.
+        let slots = &self.slots;
+        let score_of = |c: &Cand| score(slots[c.slot as usize].backend.as_ref().expect("live slot"), c);
+        let min = cands.iter().map(score_of).fold(f64::INFINITY, f64::min);
         let limit = min + min.abs() * tol;
-        let ties: Vec<usize> = (0..cands.len()).filter(|&i| scores[i] <= limit).collect();
-        if ties.len() == 1 {
-            ties[0]
-        } else {
-            ties[self.rng.below(ties.len())]
-        }
+        let ties = cands.iter().filter(|c| score_of(c) <= limit).count();
+        let k = if ties == 1 { 0 } else { self.rng.below(ties) };
+        cands.iter().enumerate().filter(|(_, c)| score_of(c) <= limit).nth(k).map_or(0, |(i, _)| i)
     }
 
     // ---- outcomes ----
@@ -698,8 +716,9 @@ impl Router {
                 b.failed += 1;
             }
         }
-        if refresh {
-            // The engine just used these blocks: they are its most recently used.
+        // The engine just used these blocks: they are its most recently used. If nothing touched
+        // this backend's index since the route inserted them, they already are (skip the work).
+        if refresh && self.index.version(t.slot) != t.index_version {
             self.index.insert(t.slot, &t.blocks);
         }
         Ok(self.wakeable(1))
