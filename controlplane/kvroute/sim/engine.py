@@ -255,9 +255,16 @@ class Engine:
         running = self.running
         preempted = False
         i = 0
+        bs = self.block_size
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(len(req.tokens) - req.num_computed, budget)
+            if req.num_computed + n <= len(req.blocks) * bs:
+                # The common decode step: the token fits in the request's last block.
+                out.append((req, n))
+                budget -= n
+                i += 1
+                continue
             while not kv.allocate(req.blocks, [], req.num_computed + n):
                 victim = running.pop()
                 self._preempt(victim)
@@ -272,7 +279,6 @@ class Engine:
             return out
         waiting = self.waiting
         max_seqs = self.profile.max_num_seqs
-        bs = self.block_size
         st = self.stats
         while waiting and budget > 0 and len(running) < max_seqs:
             req = waiting[0]

@@ -57,8 +57,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    prefix = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
-    cmd = [sys.executable, *prefix, "-m", "kvroute.sim",
+    # cProfile on CPU time (not wall time: the simulator mostly sleeps between steps).
+    launcher = (f"import cProfile, sys, time; from kvroute.sim.cli import main; p = cProfile.Profile(time.process_time); "
+                f"p.enable(); main(sys.argv[1:]); p.disable(); p.dump_stats({args.cprofile!r})" if args.cprofile
+                else "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", launcher,
            "--instances", str(args.instances), "--base-port", "0", "--profile", args.profile,
            "--time-scale", str(args.time_scale), "--seed", str(args.seed)]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)

@@ -501,8 +501,11 @@ class _SSESink:
         if n == self.sent and not finished:
             return
         piece = self.inst._piece
-        base = req.num_prompt
-        text = "".join([piece(i) for i in req.tokens[base + self.sent : base + n]])
+        if n == self.sent + 1:
+            text = piece(req.tokens[req.num_prompt + self.sent])
+        else:
+            base = req.num_prompt
+            text = "".join([piece(i) for i in req.tokens[base + self.sent : base + n]])
         self.sent = n
         head = self.head
         if self.chat:
