@@ -184,6 +184,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_admin_exposure(settings: Settings) -> None:
+    """The admin API steers the router: off loopback it must have a token. Kept out of `validate`, which
+    also checks a file on its own, because the token normally arrives from the environment."""
+    if not settings.admin_token and not is_loopback(settings.admin_host):
+        raise ConfigError(f"configuration: key 'admin_host' is {settings.admin_host!r}, not a loopback address, and "
+                          "'admin_token' is empty: set KVROUTE_ADMIN_TOKEN to expose the admin API")
+
+
 def validate(settings: Settings) -> Settings:
     """Checks that involve several keys, once every source has been applied."""
     # Without a selector a Kubernetes source would take every EndpointSlice in the namespace.
@@ -191,9 +199,6 @@ def validate(settings: Settings) -> Settings:
     needed = required.get(settings.discovery)
     if needed and not getattr(settings, needed):
         raise ConfigError(f"configuration: discovery is {settings.discovery!r} but key {needed!r} is empty")
-    if not settings.admin_token and not is_loopback(settings.admin_host):
-        raise ConfigError(f"configuration: key 'admin_host' is {settings.admin_host!r}, not a loopback address, and "
-                          "'admin_token' is empty: set KVROUTE_ADMIN_TOKEN to expose the admin API")
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")
@@ -264,7 +269,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         for f in dataclasses.fields(Settings)
         if getattr(args, f.name, None) is not None
     }
-    return validate(from_mapping(given, "command line", settings))
+    settings = validate(from_mapping(given, "command line", settings))
+    check_admin_exposure(settings)
+    return settings
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
@@ -285,4 +292,4 @@ def parse_settings(argv: Sequence[str]) -> Settings:
 
 
 __all__ = ["ConfigError", "Settings", "add_arguments", "load", "from_yaml", "from_mapping", "as_dict", "parse_settings",
-           "validate", "is_loopback"]
+           "validate", "is_loopback", "check_admin_exposure"]

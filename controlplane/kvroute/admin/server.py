@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvroute.admin.observe import CONTENT_TYPE
-from kvroute.config import ConfigError, as_dict, is_loopback
+from kvroute.config import as_dict, check_admin_exposure, is_loopback
 from kvroute.control.fleet import backend_id_for
 from kvroute.control.plane import TIERS, apply_admission
 
@@ -290,9 +290,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def start(gateway: Gateway) -> AdminServer:
     settings = gateway.settings
-    if not settings.admin_token and not is_loopback(settings.admin_host):
-        raise ConfigError(f"admin_host {settings.admin_host!r} is not loopback and no admin_token is set "
-                          "(KVROUTE_ADMIN_TOKEN): refusing to expose the admin API without authentication")
+    check_admin_exposure(settings)  # again here: a Gateway may be built from Settings without load()
     # Binding ourselves gives the real port before serving (admin_port 0 in tests) and fails loudly here.
     sock = _bind(settings.admin_host, settings.admin_port)
     config = uvicorn.Config(create_app(gateway), log_config=None, access_log=False, lifespan="off",
@@ -309,4 +307,4 @@ async def start(gateway: Gateway) -> AdminServer:
     return AdminServer(server, task, settings.admin_host, port)
 
 
-__all__ = ["AdminServer", "create_app", "start"]
+__all__ = ["AdminServer", "create_app", "is_loopback", "start"]  # is_loopback: deploy tests use it here
