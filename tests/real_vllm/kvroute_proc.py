@@ -85,7 +85,7 @@ class Factory:
         cmd = [sys.executable, "-m", "kvroute.cli", "serve",
                "--port", str(port), "--admin-port", str(admin_port), "--policy", policy,
                # Fast polling so health changes and fresh /metrics show up within a test.
-               "--poll-interval", "0.5", *extra]
+               "--poll-interval", "0.5", "--poll-timeout", "0.4", *extra]
         for url in backends:
             cmd += ["--backend", url]
         log = open(log_path, "ab")

@@ -1,0 +1,64 @@
+"""The simulator is faithful where routing depends on it: fed the same requests with the same
+tokenizer and block size, it reports the prefix-cache hits real vLLM reports (within 5%)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+import vllm_fleet
+import workload
+
+MODEL = vllm_fleet.SERVED_NAME
+
+
+@pytest.fixture
+def sim_url(tokenizer_json: Path) -> Iterator[str]:
+    cmd = [sys.executable, "-m", "kvroute.cli", "sim", "--instances", "1", "--base-port", "0",
+           "--model", MODEL, "--tokenizer", str(tokenizer_json),
+           # The real servers' cache geometry, read from their cache_config_info.
+           "--block-size", "128", "--num-gpu-blocks", "16384", "--max-model-len", str(vllm_fleet.MAX_MODEL_LEN)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the sim prints its URLs once it listens
+        if not first:
+            raise RuntimeError(f"kvroute sim exited: {proc.communicate(timeout=10)[1].decode()[-2000:]}")
+        yield json.loads(first)["urls"][0]
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=15)
+
+
+def hits_for(url: str, prompts: list[str]) -> float:
+    """Prefix-cache hit tokens the server reports for this sequence (its counter's growth)."""
+    def hits() -> float:
+        resp = httpx.get(url + "/metrics", timeout=30)
+        assert resp.status_code == 200
+        return vllm_fleet.metric_sum(resp.text, "vllm:prefix_cache_hits_total")
+
+    before = hits()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for prompt in prompts:
+            resp = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
+            assert resp.status_code == 200, resp.text
+    return hits() - before
+
+
+def test_simulator_prefix_hits_match_vllm(vllm_pair: list[vllm_fleet.VllmServer], sim_url: str) -> None:
+    # Completions only: the simulator applies its own chat templates, not the tiny model's.
+    prompts = workload.shared_prefix_sequence("sim-fidelity") + workload.conversation_sequence("sim-fidelity")
+    real = hits_for(vllm_pair[0].url, prompts)
+    simulated = hits_for(sim_url, prompts)
+    assert real > 0
+    assert abs(simulated - real) <= 0.05 * real, {"vllm": real, "sim": simulated}
