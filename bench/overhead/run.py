@@ -74,13 +74,17 @@ def summary_us(latencies_s: list[float]) -> dict[str, float]:
             "p99_us": round(percentile(latencies_s, 0.99) * 1e6, 1), "n": len(latencies_s)}
 
 
-def sequential(port: int, body: str, n: int, warmup: int = 300) -> dict[str, float]:
-    """Back-to-back requests on one keep-alive connection, a blocking client: nothing overlaps."""
+def sequential(port: int, body: str, n: int, warmup: int = 300, max_s: float = 20.0) -> dict[str, float]:
+    """Back-to-back requests on one keep-alive connection, a blocking client: nothing overlaps.
+    Stops early after `max_s` (a contender at tens of ms per request would take minutes)."""
     request = raw_request(body)
     latencies = []
+    deadline = time.monotonic() + max_s
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(warmup + n):
+            if time.monotonic() > deadline and len(latencies) >= 100:
+                break
             reply = Reply()
             start = time.perf_counter()
             sock.sendall(request)
@@ -205,23 +209,29 @@ def wrk(port: int, stream: bool, seconds: float, connections: int = 32) -> dict[
     return result
 
 
-async def measure(name: str, port: int, pid: int | None, args: argparse.Namespace) -> dict[str, Any]:
+def _cpu_per_request(pids: dict[str, int | None], before: dict[str, float], result: dict[str, Any], n: int) -> None:
+    for label, pid in pids.items():
+        if pid:
+            result[f"{label}cpu_us_per_request"] = round((cpu_seconds(pid) - before[label]) / n * 1e6, 1)
+
+
+async def measure(name: str, port: int, pid: int | None, backend_pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`cpu_us_per_request` is the router's; `backend_cpu_us_per_request` the instant backend's, for scale."""
     result: dict[str, Any] = {}
+    pids = {"": pid, "backend_": backend_pid}
     for kind, body in (("chat", CHAT), ("stream", STREAM)):
         stream = kind == "stream"
         print(f"  {name} {kind}: sequential", flush=True)
         result[f"{kind}_sequential"] = sequential(port, body, args.sequential)
         print(f"  {name} {kind}: {args.rate:.0f} req/s", flush=True)
-        before = cpu_seconds(pid) if pid else 0.0
+        before = {label: cpu_seconds(p) if p else 0.0 for label, p in pids.items()}
         rated = await fixed_rate(port, body, args.rate, args.seconds)
-        if pid:
-            rated["cpu_us_per_request"] = round((cpu_seconds(pid) - before) / rated["n"] * 1e6, 1)
+        _cpu_per_request(pids, before, rated, rated["n"])
         result[f"{kind}_rate"] = rated
         print(f"  {name} {kind}: wrk", flush=True)
-        before = cpu_seconds(pid) if pid else 0.0
+        before = {label: cpu_seconds(p) if p else 0.0 for label, p in pids.items()}
         loaded = wrk(port, stream, args.seconds)
-        if pid:
-            loaded["cpu_us_per_request"] = round((cpu_seconds(pid) - before) / loaded["requests"] * 1e6, 1)
+        _cpu_per_request(pids, before, loaded, loaded["requests"])
         result[f"{kind}_wrk"] = loaded
     return result
 
@@ -229,7 +239,8 @@ async def measure(name: str, port: int, pid: int | None, args: argparse.Namespac
 def table(results: dict[str, dict[str, Any]]) -> str:
     direct = results["direct"]
     rows = ["| contender | body | seq p50 | seq p99 | added seq p50 | added @rate p50 | added @rate p99 | "
-            "CPU/req @rate | wrk req/s | CPU/req @wrk |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "router CPU/req @rate | wrk req/s | router CPU/req @wrk | backend CPU/req @rate, @wrk |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for kind in ("chat", "stream"):
             seq, rate, load = res[f"{kind}_sequential"], res[f"{kind}_rate"], res[f"{kind}_wrk"]
@@ -239,8 +250,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             added_rate99 = "—" if name == "direct" else f"{rate['p99_us'] - base_rate['p99_us']:.0f} µs"
             cpu_rate = f"{rate['cpu_us_per_request']:.0f} µs" if "cpu_us_per_request" in rate else "—"
             cpu_wrk = f"{load['cpu_us_per_request']:.0f} µs" if "cpu_us_per_request" in load else "—"
+            backend_cpu = f"{rate['backend_cpu_us_per_request']:.0f}, {load['backend_cpu_us_per_request']:.0f} µs"
             rows.append(f"| {name} | {kind} | {seq['p50_us']:.0f} µs | {seq['p99_us']:.0f} µs | {added} | {added_rate} | "
-                        f"{added_rate99} | {cpu_rate} | {load['req_per_s']:,} | {cpu_wrk} |")
+                        f"{added_rate99} | {cpu_rate} | {load['req_per_s']:,} | {cpu_wrk} | {backend_cpu} |")
     return "\n".join(rows)
 
 
@@ -270,7 +282,8 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 target = int(running.base_url.rsplit(":", 1)[1])
                 pid = running.child.proc.pid if running.child and running.child.proc else None
-                results[contender.name] = await measure(contender.name, target, pid, args)
+                assert backend.proc is not None
+                results[contender.name] = await measure(contender.name, target, pid, backend.proc.pid, args)
             finally:
                 await running.stop()
     finally:

@@ -161,6 +161,8 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # refused while parsing (413 before the body): nothing more to answer
         parser = self.parser
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(parser.get_method(), self._url, self._headers, body, parser.should_keep_alive(),
@@ -177,7 +179,7 @@ class ClientConnection(asyncio.Protocol):
     # -- used by the dispatcher --
 
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     async def drain(self) -> None:
