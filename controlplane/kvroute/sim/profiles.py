@@ -96,48 +96,46 @@ _LLAMA_8B = dict(
     chat_template="llama3",
 )
 
-BUILTIN: dict[str, Profile] = {
-    "qwen2.5-1.5b-l4": Profile(
-        name="qwen2.5-1.5b-l4",
-        description="Qwen2.5-1.5B-Instruct, bf16, one NVIDIA L4 (24 GB)",
-        **_QWEN_1_5B,
-        # L4 dense bf16 121 TFLOP/s vs H200 989.4: 0.122 x the H200's measured 129k tokens/s.
-        prefill_tokens_per_s=H200_PREFILL_TPS["qwen2.5-1.5b"] * 121.0 / H200_DENSE_BF16_TFLOPS,
-        memory_bandwidth=300e9 * BANDWIDTH_EFFICIENCY,
-        gpu_memory_gib=22.5,
-        activation_reserve_gib=1.5,
-        max_num_seqs=256,
-        max_num_batched_tokens=2048,
-        sources="prefill: H200 measurement x datasheet TFLOP/s ratio; decode: roofline at L4 datasheet 300 GB/s x 0.9",
-    ),
-    "qwen2.5-1.5b-t4": Profile(
-        name="qwen2.5-1.5b-t4",
-        description="Qwen2.5-1.5B-Instruct, fp16, one NVIDIA T4 (16 GB)",
-        **_QWEN_1_5B,
-        # T4 dense fp16 tensor 65 TFLOP/s vs H200 989.4.
-        prefill_tokens_per_s=H200_PREFILL_TPS["qwen2.5-1.5b"] * 65.0 / H200_DENSE_BF16_TFLOPS,
-        memory_bandwidth=320e9 * BANDWIDTH_EFFICIENCY,
-        gpu_memory_gib=15.0,
-        activation_reserve_gib=1.5,
-        max_num_seqs=256,
-        max_num_batched_tokens=2048,
-        sources="prefill: H200 measurement x datasheet TFLOP/s ratio; decode: roofline at T4 datasheet 320 GB/s x 0.9",
-    ),
-    "llama-3.1-8b-h100": Profile(
-        name="llama-3.1-8b-h100",
-        description="Llama-3.1-8B-Instruct, bf16, one NVIDIA H100 SXM (80 GB)",
-        **_LLAMA_8B,
-        # H100 SXM and H200 share the same compute (989.4 dense bf16 TFLOP/s): measured rate as is.
-        prefill_tokens_per_s=H200_PREFILL_TPS["llama-3.1-8b"],
-        memory_bandwidth=3.0e12,
-        step_overhead_s=0.003,
-        gpu_memory_gib=79.6,
-        activation_reserve_gib=4.0,
-        max_num_seqs=1024,
-        max_num_batched_tokens=8192,
-        sources="prefill: H200 measurement (same compute as H100); decode: roofline at 3.0 TB/s measured on an H100",
-    ),
+# GPUs: dense tensor TFLOP/s (bf16; fp16 on the T4, which has no bf16) and memory bandwidth from
+# the datasheets, or measured where we could (H100 bandwidth); memory as nvidia-smi reports it.
+# Scheduler limits are vLLM's defaults for its OpenAI server: 256 sequences and 2,048 batched
+# tokens below 70 GiB of GPU memory, 1,024 and 8,192 above.
+_GPUS: dict[str, dict[str, Any]] = {
+    "l4": dict(label="one NVIDIA L4 (24 GB)", tflops=121.0, memory_bandwidth=300e9 * BANDWIDTH_EFFICIENCY,
+               gpu_memory_gib=22.5, activation_reserve_gib=1.5, max_num_seqs=256, max_num_batched_tokens=2048,
+               decode="roofline at L4 datasheet 300 GB/s x 0.9"),
+    "t4": dict(label="one NVIDIA T4 (16 GB)", tflops=65.0, memory_bandwidth=320e9 * BANDWIDTH_EFFICIENCY,
+               gpu_memory_gib=15.0, activation_reserve_gib=1.5, max_num_seqs=256, max_num_batched_tokens=2048,
+               decode="roofline at T4 datasheet 320 GB/s x 0.9"),
+    # H100 SXM and H200 share the same compute (989.4 dense bf16 TFLOP/s): measured rate as is.
+    "h100": dict(label="one NVIDIA H100 SXM (80 GB)", tflops=H200_DENSE_BF16_TFLOPS, memory_bandwidth=3.0e12,
+                 step_overhead_s=0.003, gpu_memory_gib=79.6, activation_reserve_gib=4.0, max_num_seqs=1024,
+                 max_num_batched_tokens=8192, decode="roofline at 3.0 TB/s measured on an H100"),
 }
+_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen2.5-1.5b": ("Qwen2.5-1.5B-Instruct", _QWEN_1_5B),
+    "llama-3.1-8b": ("Llama-3.1-8B-Instruct", _LLAMA_8B),
+}
+
+
+def _builtin(model: str, gpu: str) -> Profile:
+    title, shape = _MODELS[model]
+    spec = dict(_GPUS[gpu])
+    label, tflops, decode = spec.pop("label"), spec.pop("tflops"), spec.pop("decode")
+    return Profile(
+        name=f"{model}-{gpu}",
+        description=f"{title}, {'fp16' if gpu == 't4' else 'bf16'}, {label}",
+        **shape,
+        **spec,
+        # The H200's measured compute-bound prefill rate x the datasheet TFLOP/s ratio.
+        prefill_tokens_per_s=H200_PREFILL_TPS[model] * tflops / H200_DENSE_BF16_TFLOPS,
+        sources=f"prefill: H200 measurement x datasheet TFLOP/s ratio ({tflops:g}/{H200_DENSE_BF16_TFLOPS:g}); "
+                f"decode: {decode}",
+    )
+
+
+BUILTIN: dict[str, Profile] = {p.name: p for p in (_builtin("qwen2.5-1.5b", "l4"), _builtin("qwen2.5-1.5b", "t4"),
+                                                   _builtin("llama-3.1-8b", "h100"))}
 
 
 def load_profile(spec: str | Profile | None, **overrides: Any) -> Profile:
