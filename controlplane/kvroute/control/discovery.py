@@ -254,6 +254,11 @@ class KubernetesDiscovery:
 
     def __init__(self, namespace: str, label_selector: str, port_name: str, default_port: int, *,
                  api_server: str = "", watch_timeout: int = 300) -> None:
+        try:
+            import kubernetes_asyncio  # noqa: F401  (fail at start-up, not later inside a task)
+        except ImportError:
+            raise DiscoveryError("discovery 'kubernetes' needs the kubernetes_asyncio package: "
+                                 "pip install 'kvroute[kubernetes]'") from None
         self.namespace = namespace
         self.label_selector = label_selector
         self.port_name = port_name

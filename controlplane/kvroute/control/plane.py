@@ -55,7 +55,7 @@ class ControlPlane:
         if not task.cancelled() and task.exception() is not None:
             log.error("control task %s died", task.get_name(), exc_info=task.exception())
 
-    def _probe_soon(self, backend: Backend) -> None:
+    def _poll_soon(self, backend: Backend) -> None:
         """Poll a newly discovered backend now rather than at the next round, so it serves sooner."""
         if self.poller is not None:
             self._spawn(self.poller.poll_backend(backend), f"probe {backend.id}")
@@ -75,7 +75,7 @@ class ControlPlane:
             self.source = discovery.from_settings(settings)
         if self.source is not None:
             first = asyncio.Event()
-            reconciler = discovery.Reconciler(fleet, self.source.source, on_added=self._probe_soon)
+            reconciler = discovery.Reconciler(fleet, self.source.source, on_added=self._poll_soon)
 
             def apply(targets: discovery.Targets) -> None:
                 reconciler.apply(targets)

@@ -55,6 +55,7 @@ class Poller:
         # The half-open trial is a real (one-token) completion: give it the data plane's patience.
         self.probe_timeout = settings.first_byte_timeout
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self._busy: dict[str, asyncio.Future[bool]] = {}
 
     async def _get(self, url: str) -> httpx.Response:
         try:
@@ -102,7 +103,20 @@ class Poller:
             await self._refresh_models(backend)
 
     async def poll_backend(self, backend: Backend) -> bool:
-        """Poll one backend, record the outcome, push on change; True when the poll succeeded."""
+        """Poll one backend, record the outcome, push on change; True when the poll succeeded.
+
+        A caller that finds the backend already being polled (a discovery-triggered poll meeting the
+        round's) shares that poll, so one moment of the backend never counts twice towards
+        `healthy_after` / `unhealthy_after`.
+        """
+        running = self._busy.get(backend.id)
+        if running is None:
+            running = asyncio.ensure_future(self._poll_and_record(backend))
+            self._busy[backend.id] = running
+            running.add_done_callback(lambda _: self._busy.pop(backend.id, None))
+        return await asyncio.shield(running)
+
+    async def _poll_and_record(self, backend: Backend) -> bool:
         try:
             async with asyncio.timeout(self.timeout):
                 await self._poll(backend)
@@ -164,10 +178,11 @@ class Poller:
         self.fleet.push(backend)
 
     async def close(self) -> None:
-        probes = list(self._probes.values())
-        for task in probes:
+        """Cancel the probes and the polls still running (shielded from their callers' cancellation)."""
+        pending = [*self._probes.values(), *self._busy.values()]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*probes, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def run(self) -> None:
         while True:
