@@ -130,9 +130,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- used by the relay --
 
-    def send(self, data: bytes) -> None:
+    def send_request(self, head: bytes, body: bytes) -> None:
+        """One write (one syscall) for the usual small body; a large one is not copied to join it."""
         assert self.transport is not None
-        self.transport.write(data)
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -247,8 +252,7 @@ class UpstreamPool:
         """
         conn = await self._acquire(target)
         try:
-            conn.send(head)
-            conn.send(body)
+            conn.send_request(head, body)
             await conn.wait_headers(first_byte_timeout)
             return conn
         except UpstreamError as exc:
@@ -260,8 +264,7 @@ class UpstreamPool:
             raise
         conn = await self._connect(target)
         try:
-            conn.send(head)
-            conn.send(body)
+            conn.send_request(head, body)
             await conn.wait_headers(first_byte_timeout)
         except BaseException:
             conn.abort()
