@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import vllm_fleet
-import workload
+import vllm_workload as workload
 from kvroute.control.metrics import parse_metrics
 from kvroute_proc import Factory, KvrouteProcess
 
@@ -142,6 +142,7 @@ def test_prefix_affinity_cost_beats_round_robin(
         run_sequence(gateway.url, prompts)
         hits[policy] = fleet_sum(vllm_pair, "vllm:prefix_cache_hits_total") - before
         gateway.stop()
+    print(f"prefix cache hit tokens by policy: {hits}")  # shown with -s, and on failure
     # 3 documents x 4 questions: round robin warms each document on both servers (2 of 4 hit),
     # an affinity policy on one (3 of 4 hit).
     assert hits["round_robin"] > 0

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import vllm_fleet
-import workload
+import vllm_workload as workload
 
 MODEL = vllm_fleet.SERVED_NAME
 
@@ -60,5 +60,6 @@ def test_simulator_prefix_hits_match_vllm(vllm_pair: list[vllm_fleet.VllmServer]
     prompts = workload.shared_prefix_sequence("sim-fidelity") + workload.conversation_sequence("sim-fidelity")
     real = hits_for(vllm_pair[0].url, prompts)
     simulated = hits_for(sim_url, prompts)
+    print(f"prefix cache hit tokens: vllm {real}, sim {simulated}")  # shown with -s, and on failure
     assert real > 0
     assert abs(simulated - real) <= 0.05 * real, {"vllm": real, "sim": simulated}
