@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kvroute.control.metrics import BackendMetrics, MetricsParseError, counters_reset, parse_labels, parse_metrics
+from kvroute.control.metrics import BackendMetrics, MetricsParseError, counters_reset, parse_metrics
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -91,8 +91,10 @@ def test_garbage_lines_are_skipped():
     assert m.running == 2
 
 
-def test_labels_with_escapes_and_commas():
-    assert parse_labels(r'a="x,y",b="say \"hi\"",c="back\\slash"') == {"a": "x,y", "b": 'say "hi"', "c": "back\\slash"}
+def test_cache_config_labels_in_any_order():
+    m = parse_metrics('vllm:cache_config_info{cpu_offload_num_gpu_blocks="5",block_size="32",'
+                      'note="a \\"quoted\\", value",num_gpu_blocks="7"} 1.0\n')
+    assert (m.num_gpu_blocks, m.block_size) == (7, 32)
 
 
 def test_counter_reset():

@@ -4,8 +4,7 @@ vLLM has renamed its metrics across releases, so every quantity is read under ea
 V1 name first). A server running several engines (data parallel) or label sets writes one sample per
 label set: counts and counters are summed, the KV usage fraction is averaged, so the result describes
 the whole server. Only the handful of families the router uses are parsed; everything else on the page
-(histograms make most of it) is skipped by a cheap prefix test, because this runs for every backend on
-every poll.
+(histograms make most of it) is never looked at, because this runs for every backend on every poll.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 RUNNING = ("vllm:num_requests_running",)
 WAITING = ("vllm:num_requests_waiting",)
@@ -25,7 +25,15 @@ CACHE_CONFIG = "vllm:cache_config_info"
 
 _WANTED = frozenset(RUNNING + WAITING + KV_USAGE + PREFIX_QUERIES + PREFIX_HITS + PROMPT_TOKENS
                     + GENERATION_TOKENS + (CACHE_CONFIG,))
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+_NUM_GPU_BLOCKS = re.compile(r'(?:^|[,{\s])num_gpu_blocks\s*=\s*"([^"]*)"')
+_BLOCK_SIZE = re.compile(r'(?:^|[,{\s])block_size\s*=\s*"([^"]*)"')
+
+
+def _label(labels: str, pattern: re.Pattern[str]) -> str | None:
+    match = pattern.search(labels)
+    return match.group(1) if match else None
 
 
 class MetricsParseError(ValueError):
@@ -73,18 +81,6 @@ def _split_sample(line: str) -> tuple[str, str, str] | None:
     return name.strip(), labels, fields[0]
 
 
-def parse_labels(text: str) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    pos = 0
-    while pos < len(text):
-        match = _LABEL.match(text, pos)
-        if match is None:
-            break
-        labels[match.group(1)] = match.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-        pos = match.end()
-    return labels
-
-
 def _first(sums: dict[str, list[float]], names: tuple[str, ...]) -> list[float] | None:
     for name in names:
         if name in sums:
@@ -109,23 +105,36 @@ def _int_label(value: str | None) -> int | None:
         return None
 
 
+def _wanted_lines(text: str) -> Iterator[str]:
+    """The sample lines of the wanted families, found with str.find: a real page is ~50 kB of which
+    a dozen lines matter, and walking every line in Python costs several times more."""
+    text = "\n" + text
+    for name in _WANTED:
+        needle = "\n" + name
+        pos = text.find(needle)
+        while pos >= 0:
+            after = pos + len(needle)
+            if after < len(text) and text[after] in "{ \t":
+                end = text.find("\n", after)
+                yield text[pos + 1:end if end >= 0 else len(text)].strip()
+            pos = text.find(needle, after)
+
+
 def parse_metrics(text: str) -> BackendMetrics:
     samples: dict[str, list[float]] = {}
     blocks: list[int] = []
     block_size: int | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line.startswith("vllm:"):
-            continue  # comments, blank lines and every non-vLLM family
+    for line in _wanted_lines(text):
         parsed = _split_sample(line)
         if parsed is None or parsed[0] not in _WANTED:
             continue
         name, labels, value_text = parsed
         if name == CACHE_CONFIG:
-            info = parse_labels(labels)
-            if (gpu_blocks := _int_label(info.get("num_gpu_blocks"))) is not None:
+            # Two labels out of a dozen or more: look them up rather than parse them all.
+            gpu_blocks = _int_label(_label(labels, _NUM_GPU_BLOCKS))
+            if gpu_blocks is not None:
                 blocks.append(gpu_blocks)
-            block_size = block_size or _int_label(info.get("block_size"))
+            block_size = block_size or _int_label(_label(labels, _BLOCK_SIZE))
             continue
         try:
             value = float(value_text)
@@ -159,4 +168,4 @@ def counters_reset(previous: BackendMetrics | None, current: BackendMetrics) -> 
     return False
 
 
-__all__ = ["BackendMetrics", "MetricsParseError", "counters_reset", "parse_labels", "parse_metrics"]
+__all__ = ["BackendMetrics", "MetricsParseError", "counters_reset", "parse_metrics"]
