@@ -423,9 +423,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
         stream: top.stream.unwrap_or(false),
         max_tokens,
         prompt_tokens,
-        block_tokens: match endpoint {
-            _ => cfg.block_tokens,
-        },
+        block_tokens: cfg.block_tokens,
         blocks,
         system_hash,
     })
@@ -440,7 +438,8 @@ fn diagnose(body: &[u8], original: Option<serde_json::Error>) -> CoreError {
     let Some(obj) = v.as_object() else {
         return CoreError::malformed(None, "request body must be a JSON object");
     };
-    let checks: [(&str, fn(&serde_json::Value) -> bool, &str); 7] = [
+    type Check = (&'static str, fn(&serde_json::Value) -> bool, &'static str);
+    let checks: [Check; 7] = [
         ("model", |v| v.is_string() || v.is_null(), "`model` must be a string"),
         ("stream", |v| v.is_boolean() || v.is_null(), "`stream` must be a boolean"),
         ("max_tokens", |v| v.is_u64() || v.is_null(), "`max_tokens` must be a non-negative integer"),

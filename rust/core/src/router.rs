@@ -92,6 +92,14 @@ pub struct TierLimits {
     pub max_wait_ms: Option<f64>,
 }
 
+impl TierLimits {
+    /// Whether a backend with this queue depth, where the request's predicted TTFT is `ttft_s`,
+    /// still has room for the tier.
+    pub fn room(&self, queue: u64, ttft_s: f64) -> bool {
+        self.max_queue.is_none_or(|m| queue < m) && self.max_wait_ms.is_none_or(|m| ttft_s * 1000.0 < m)
+    }
+}
+
 /// Defaults: low traffic is shed first, normal later, high only by explicit configuration.
 pub const DEFAULT_LIMITS: [TierLimits; 3] = [
     TierLimits { max_queue: None, max_wait_ms: None },
@@ -429,16 +437,14 @@ impl Router {
         let queue_ahead = self.wait_queue_size > 0
             && self.wait_order.iter().any(|(&(t, seq), id)| {
                 t <= tier
-                    && resumed.map_or(true, |(_, my_seq)| (t, seq) < (tier, my_seq))
+                    && resumed.is_none_or(|(_, my_seq)| (t, seq) < (tier, my_seq))
                     && self.waiters[id].req.model == req.model
             });
 
         // Pick, then admit.
         let (mut pick, mut branch) = self.pick(&req, &cands, session_key);
         let limits = self.limits[tier as usize];
-        let room = |c: &Cand| {
-            limits.max_queue.map_or(true, |m| c.queue < m) && limits.max_wait_ms.map_or(true, |m| c.ttft * 1000.0 < m)
-        };
+        let room = |c: &Cand| limits.room(c.queue, c.ttft);
         if !room(&cands[pick]) || queue_ahead {
             let spill = if queue_ahead {
                 None
@@ -446,7 +452,7 @@ impl Router {
                 // Some other backend may still have room for this tier: use the soonest of those.
                 let mut best: Option<usize> = None;
                 for (i, c) in cands.iter().enumerate() {
-                    if room(c) && best.map_or(true, |b| c.ttft < cands[b].ttft) {
+                    if room(c) && best.is_none_or(|b| c.ttft < cands[b].ttft) {
                         best = Some(i);
                     }
                 }
@@ -601,7 +607,7 @@ impl Router {
                         .collect();
                     ranked.sort_unstable_by(|a, b| b.cmp(a));
                     for (rank, &(_, i)) in ranked.iter().enumerate() {
-                        if self.backend(cands[i].slot).in_flight + 1 <= cap {
+                        if self.backend(cands[i].slot).in_flight < cap {
                             return (i, if rank == 0 { "session:sticky" } else { "session:spill" });
                         }
                     }
@@ -672,7 +678,7 @@ impl Router {
     pub fn first_token(&mut self, ticket: u64, ttft_s: f64) -> Result<()> {
         let alpha = self.policy.weights.ewma_alpha;
         let t = self.tickets.get_mut(&ticket).ok_or(CoreError::UnknownTicket(ticket))?;
-        if !t.pending || !(ttft_s.is_finite() && ttft_s >= 0.0) {
+        if !(t.pending && ttft_s.is_finite() && ttft_s >= 0.0) {
             return Ok(());
         }
         t.pending = false;
@@ -738,14 +744,12 @@ impl Router {
             let mut room = false;
             for &s in &self.order {
                 let b = self.backend(s);
-                if !b.serves(&w.req.model) || !b.usable() || w.exclude.iter().any(|e| *e == b.id) {
+                if !b.serves(&w.req.model) || !b.usable() || w.exclude.contains(&b.id) {
                     continue;
                 }
                 any = true;
                 let ttft = Self::predict(&self.policy.weights, b, w.req.prompt_tokens);
-                if limits.max_queue.map_or(true, |m| b.queue_depth() < m)
-                    && limits.max_wait_ms.map_or(true, |m| ttft * 1000.0 < m)
-                {
+                if limits.room(b.queue_depth(), ttft) {
                     room = true;
                     break;
                 }
