@@ -210,6 +210,9 @@ async def test_stats_metrics_and_docs(sims):
                      'kvroute_requests_total{backend='):
             assert line in page, line
         assert (await client.get(base + "/docs")).status_code == 200
+        for method, path, status in (("GET", "/nope", 404), ("PATCH", "/admin/policy", 405)):
+            response = await client.request(method, base + path)
+            assert response.status_code == status and "message" in response.json()["error"]
         paths = (await client.get(base + "/openapi.json")).json()["paths"]
         assert {"/admin/backends", "/admin/backends/{backend_id}", "/admin/backends/{backend_id}/drain",
                 "/admin/backends/{backend_id}/undrain", "/admin/policy", "/admin/stats"} <= set(paths)
