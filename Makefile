@@ -35,7 +35,7 @@ $(STAMP_NATIVE): $(STAMP_DEPS) $(RUST_SOURCES)
 	touch $@
 
 demo: venv
-	$(BIN)/kvroute demo
+	$(BIN)/kvroute demo $(DEMO_ARGS)
 
 test: venv wheel browser vllm-env
 	cargo test --release -p kvroute-core
