@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -270,6 +271,10 @@ async def run(args: argparse.Namespace) -> None:
         await procs.wait_http(f"http://127.0.0.1:{port}/health", backend)
         backend_url = f"http://127.0.0.1:{port}"
         chosen = [contenders.DIRECT, contenders.kvroute(args.policy)]
+        if args.workers > 1:
+            base = contenders.kvroute(args.policy)
+            chosen.append(dataclasses.replace(base, name=f"{base.name}:workers={args.workers}",
+                                              flags=(*base.flags, "--workers", str(args.workers))))
         if not args.no_sglang:
             chosen.append(contenders.sglang("round_robin"))
         for contender in chosen:
@@ -303,6 +308,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="requests per second of the open loop")
     parser.add_argument("--sequential", type=int, default=3000, help="requests of the sequential run")
     parser.add_argument("--policy", default="cost", help="kvroute's routing policy")
+    parser.add_argument("--workers", type=int, default=1, help="also run kvroute with this many worker processes")
     parser.add_argument("--no-sglang", action="store_true", help="skip the SGLang gateway")
     uvloop.run(run(parser.parse_args()))
 

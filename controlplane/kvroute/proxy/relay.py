@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -116,12 +117,14 @@ class Dispatcher:
         """The union of the models of healthy backends: the control plane's view where it has one,
         else asked from the backend right now."""
         listed: dict[str, dict[str, object]] = {}
-        for backend in self._healthy_backends():
-            if backend.models:
-                for name in backend.models:
-                    listed.setdefault(name, {"id": name, "object": "model", "created": 0, "owned_by": "vllm"})
-                continue
-            for entry in await self._fetch_models(backend.url):
+        healthy = self._healthy_backends()
+        unknown = [backend.url for backend in healthy if not backend.models]
+        fetched = await asyncio.gather(*(self._fetch_models(url) for url in unknown)) if unknown else []
+        for backend in healthy:
+            for name in backend.models:
+                listed.setdefault(name, {"id": name, "object": "model", "created": 0, "owned_by": "vllm"})
+        for entries in fetched:
+            for entry in entries:
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                     listed.setdefault(entry["id"], entry)
         body = json.dumps({"object": "list", "data": list(listed.values())}).encode()
@@ -482,12 +485,11 @@ class Dispatcher:
         if reason == "unknown_model":
             return self._error(conn, req, 404, message or f"model {rejected.model!r} is not served here",
                                "model_not_found", param="model", rid=rid)
+        retry_after = [b"retry-after: %d\r\n" % max(1, math.ceil(rejected.retry_after_s))]
         if reason == "no_backend":
-            return self._error(conn, req, 503, message, "no_backend", rid=rid)
+            return self._error(conn, req, 503, message, "no_backend", rid=rid, extra=retry_after)
         if self.observer is not None:
             self.observer.shed(rejected.tier)
-        retry_after = max(1, int(-(-rejected.retry_after_s // 1)))
         text = f"{message} (tier {rejected.tier})" if rejected.tier not in message else message
-        self._error(conn, req, 429, text, "overloaded" if reason == "shed" else reason, rid=rid,
-                    extra=[b"retry-after: %d\r\n" % retry_after])
+        self._error(conn, req, 429, text, "overloaded" if reason == "shed" else reason, rid=rid, extra=retry_after)
 
