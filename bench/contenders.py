@@ -66,6 +66,8 @@ class Running:
     base_url: str
     child: procs.Child | None = None
     argv: list[str] = field(default_factory=list)
+    # kvroute's admin port serves /metrics with its decisions by policy branch.
+    admin_url: str | None = None
 
     async def stop(self) -> None:
         if self.child is not None:
@@ -78,12 +80,14 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
         # The floor: clients talk to the first backend themselves, no hop in between.
         return Running(contender, backend_urls[0])
     port = procs.free_port()
+    admin_url = None
     if contender.kind == "kvroute":
         admin_port = procs.free_port()
         argv = [sys.executable, "-m", "kvroute.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                 "--admin-port", str(admin_port), "--policy", contender.policy, *contender.flags]
         for url in backend_urls:
             argv += ["--backend", url]
+        admin_url = f"http://127.0.0.1:{admin_port}"
     elif contender.kind == "sglang":
         python = sglang_env.ensure()
         # Its Prometheus exporter would otherwise take the fixed port 29000 on every host address.
@@ -106,7 +110,7 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
     except BaseException:
         await child.stop()
         raise
-    return Running(contender, base_url, child, argv)
+    return Running(contender, base_url, child, argv, admin_url)
 
 
 def versions() -> dict[str, str]:

@@ -103,6 +103,27 @@ def parse_counters(text: str, names: Sequence[str] = COUNTERS) -> dict[str, floa
     return out
 
 
+def parse_by_label(text: str, name: str, label: str) -> dict[str, float]:
+    """One metric's series keyed by one label's value, e.g. kvroute_decisions_total by branch."""
+    out: dict[str, float] = {}
+    prefix = name + "{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        labels, _, value = line[len(prefix):].partition("} ")
+        for pair in labels.split(","):
+            key, _, raw = pair.partition("=")
+            if key == label:
+                out[raw.strip('"')] = out.get(raw.strip('"'), 0.0) + float(value)
+    return out
+
+
+async def router_decisions(admin_url: str) -> dict[str, float]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
+        async with session.get(admin_url + "/metrics") as resp:
+            return parse_by_label(await resp.text(), "kvroute_decisions_total", "branch")
+
+
 async def scrape(urls: Sequence[str]) -> list[dict[str, float]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
         async def one(url: str) -> dict[str, float]:
@@ -148,6 +169,8 @@ class Point:
     wall: dict[str, Any] = field(default_factory=dict)
     backend: dict[str, Any] = field(default_factory=dict)
     cpu: dict[str, Any] = field(default_factory=dict)
+    # The gateway's own account of its choices (kvroute: decisions by policy branch).
+    decisions: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     def key(self) -> str:
@@ -185,6 +208,11 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         wall_s = time.perf_counter() - t0
         cpu1 = (cpu_seconds(gw_pid), cpu_seconds(fleet.pid()), time.process_time())
         after = await scrape(fleet.urls)
+        if running.admin_url:
+            try:
+                point.decisions = await router_decisions(running.admin_url)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                point.decisions = {"error": str(exc)}  # type: ignore[dict-item]
     finally:
         await running.stop()
     point.wall = loadgen.summarize(results, wall_s)
@@ -200,11 +228,11 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         "prompt_tokens": [a["vllm:prompt_tokens_total"] - b["vllm:prompt_tokens_total"] for a, b in zip(after, before)],
         "requests": [a["vllm:request_success_total"] - b["vllm:request_success_total"] for a, b in zip(after, before)],
     }
-    # Other people's work on this shared machine shows up here, not in our own CPU counters.
-    point.cpu["loadavg_1m"] = os.getloadavg()[0]
     names = ("gateway", "fleet", "loadgen")
     point.cpu = {"wall_s": wall_s, **{f"{n}_s": (c1 - c0) if c0 is not None and c1 is not None else None
                                       for n, c0, c1 in zip(names, cpu0, cpu1)}}
-    busy = sum(v for k, v in point.cpu.items() if k != "wall_s" and v is not None)
+    busy = sum(v for v in point.cpu.values() if v is not None) - wall_s
     point.cpu["cores_busy"] = busy / wall_s if wall_s > 0 else None
+    # Other people's work on this shared machine shows up here, not in our own CPU counters.
+    point.cpu["loadavg_1m"] = os.getloadavg()[0]
     return point, results

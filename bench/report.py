@@ -7,6 +7,7 @@ Every number in the report is in the simulated fleet's time (see bench/harness.p
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +16,7 @@ METRICS = {
     # key: (title, unit scale, unit, higher is better)
     "ttft_p50_s": ("TTFT p50", 1000.0, "ms", False),
     "ttft_p99_s": ("TTFT p99", 1000.0, "ms", False),
+    "ttft_mean_s": ("TTFT mean", 1000.0, "ms", False),
     "throughput_rps": ("Throughput", 1.0, "req/s", True),
     "output_tokens_per_s": ("Output tokens/s", 1.0, "tok/s", True),
     "hit_rate": ("Prefix cache hit rate (backend counters)", 100.0, "%", True),
@@ -156,7 +158,11 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
         shown = {k: v for k, v in params.items() if k not in ("path", "speedup", "time_scale")}
         out += [f"simulated clock ×{scale:g}; workload: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), ""]
-        for metric in ("ttft_p50_s", "ttft_p99_s", "throughput_rps", "hit_rate"):
+        if mode == "open":
+            offered = sorted({(p["x"], p["params"]["requests"] / p["params"]["span_s"]) for p in data["points"]
+                              if p["workload"] == workload and p["mode"] == mode and p["params"].get("span_s")})
+            out += ["offered load (fleet requests/s): " + ", ".join(f"speedup {x:g}: {r:.0f}" for x, r in offered), ""]
+        for metric in ("ttft_p50_s", "ttft_p99_s", "ttft_mean_s", "throughput_rps", "hit_rate"):
             title, scale, unit, _ = METRICS[metric]
             out += [f"**{title}** ({unit})", "", "| " + _axis(mode) + " | " + " | ".join(names) + " |",
                     "|---:|" + "---:|" * len(names)]
@@ -164,6 +170,8 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
                 cells = [row[n][metric].text(scale, 2 if unit == "req/s" else 1) if n in row else "" for n in names]
                 out.append(f"| {x:g} | " + " | ".join(cells) + " |")
             out.append("")
+        mine = [p for p in data["points"] if p["workload"] == workload and p["mode"] == mode and not p.get("error")]
+        out += _conditions(mine) + _decisions(mine, names)
         errors = [(x, n, row[n]["errors"].mean) for x, row in sorted(table.items()) for n in names
                   if n in row and row[n]["errors"].ok and row[n]["errors"].mean > 0]
         failed = [(p["x"], p["contender"], p["error"]) for p in data["points"]
@@ -174,6 +182,34 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _conditions(points: list[dict[str, Any]]) -> list[str]:
+    """How busy the machine was: a point's numbers are only as good as the CPU the fleet got."""
+    loads = [p["cpu"].get("loadavg_1m") for p in points if p["cpu"].get("loadavg_1m") is not None]
+    busy = [p["cpu"].get("cores_busy") for p in points if p["cpu"].get("cores_busy") is not None]
+    if not loads or not busy:
+        return []
+    return [f"Conditions: 1-minute load average {min(loads):.1f}–{max(loads):.1f} on "
+            f"{os.cpu_count()} cores (other work on the machine included); the run's own processes (fleet, "
+            f"gateway, load generator) kept {min(busy):.2f}–{max(busy):.2f} cores busy.", ""]
+
+
+def _decisions(points: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """kvroute's own account of its choices, summed over the section's points."""
+    rows = []
+    for name in names:
+        total: dict[str, float] = defaultdict(float)
+        for p in points:
+            if p["contender"] == name:
+                for branch, count in (p.get("decisions") or {}).items():
+                    if isinstance(count, (int, float)):
+                        total[branch] += count
+        n = sum(total.values())
+        if n:
+            shares = ", ".join(f"{b} {c / n * 100:.0f}%" for b, c in sorted(total.items(), key=lambda kv: -kv[1]))
+            rows.append(f"- {name}: {shares}")
+    return (["kvroute decisions by policy branch (all points of this section):", ""] + rows + [""]) if rows else []
 
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:
@@ -203,6 +239,8 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
                             linewidth=2.2 if name == COST else 1.2)
             if mode == "closed" and len(xs) > 2:
                 ax.set_xscale("log", base=2)
+                ax.set_xticks(xs)
+                ax.set_xticklabels([f"{x:g}" for x in xs])
             ax.set_xlabel(_axis(mode))
             ax.set_ylabel(unit)
             ax.set_title(f"{workload}: {title}")

@@ -2,7 +2,7 @@
 
 Text is made of words of one to four lowercase letters, each after a space. The simulator's stand-in
 tokenizer reads every such word as exactly one token, so "a 1,000-token system prompt" is exact on
-`kvroute sim` and close enough (about 2 tokens a word) on a real BPE tokenizer.
+`kvroute sim` (a short header aside) and close enough (about 2 tokens a word) on a real BPE tokenizer.
 """
 
 from __future__ import annotations
@@ -104,15 +104,20 @@ def multiturn(model: str, *, seed: int = 0, conversations: int = 32, turns: int 
     model's real answer is not fed back, so that the workload is the same for every contender): what a
     backend can reuse is the previous turn's prompt. Requests are ordered turn by turn across all
     conversations, so with concurrency at most `conversations` a turn is sent after the previous turn
-    of its conversation was answered.
+    of its conversation was answered; within a turn the conversations come in a seeded random order
+    (a fixed order would hand round robin perfect affinity whenever the conversation count is a
+    multiple of the backend count).
     """
     rng = random.Random(seed)
     histories: list[list[dict[str, str]]] = []
     for c in range(conversations):
         histories.append([{"role": "system", "content": f"Conversation {c}." + words(rng, system_tokens - 2)}])
     specs = []
+    order = list(range(conversations))
     for turn in range(turns):
-        for c, history in enumerate(histories):
+        rng.shuffle(order)
+        for c in order:
+            history = histories[c]
             history.append({"role": "user", "content": words(rng, rng.randint(*user_tokens)).strip()})
             specs.append(_chat(model, list(history), output_tokens, f"c{c}t{turn}"))
             history.append({"role": "assistant", "content": words(rng, output_tokens).strip()})
