@@ -194,7 +194,7 @@ def run_both(seed: int, wait_queue_size: int, program: list[tuple[Any, ...]]) ->
 )
 def test_native_and_reference_decide_alike(seed: int, wait_queue_size: int, program: list[Any]) -> None:
     # Start every program with a fleet so most routes have candidates.
-    prelude = [("upsert", b, {}) for b in BACKENDS[:3]]
+    prelude: list[tuple[Any, ...]] = [("upsert", b, {}) for b in BACKENDS[:3]]
     run_both(seed, wait_queue_size, prelude + program)
 
 
