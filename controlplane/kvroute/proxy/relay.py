@@ -22,17 +22,18 @@ from kvroute.proxy.sse import StreamScanner, Usage, ask_for_usage, error_event, 
 from kvroute.proxy.upstream import Target, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
+    from kvroute._native import Endpoint, Priority
     from kvroute.proxy.server import ClientConnection, ProxyServer, Request
 
 log = logging.getLogger("kvroute.proxy")
 
-ENDPOINTS = {
+ENDPOINTS: dict[bytes, Endpoint] = {
     b"/v1/chat/completions": "chat",
     b"/v1/completions": "completions",
     b"/v1/embeddings": "embeddings",
     b"/v1/responses": "responses",
 }
-PRIORITIES = {b"high": "high", b"normal": "normal", b"low": "low"}
+PRIORITIES: dict[bytes, Priority] = {b"high": "high", b"normal": "normal", b"low": "low"}
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
 # How often a queued request asks the core again even if no release in this process woke it.
 _RECHECK_S = 1.0
@@ -88,7 +89,11 @@ class Dispatcher:
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.budget = RetryBudget(settings.retry_budget)
         self.observer = getattr(gateway, "observer", None)
-        self.api_key_tiers = {key.encode(): tier for key, tier in settings.api_key_tiers.items()}
+        self.api_key_tiers: dict[bytes, Priority] = {}
+        for key, tier in settings.api_key_tiers.items():
+            if tier.encode() not in PRIORITIES:
+                raise ValueError(f"api_key_tiers: tier {tier!r} is not one of high, normal, low")
+            self.api_key_tiers[key.encode()] = PRIORITIES[tier.encode()]
 
     # -- surface --
 
@@ -151,7 +156,7 @@ class Dispatcher:
 
     # -- the proxied path --
 
-    async def forward(self, conn: ClientConnection, req: Request, endpoint: str) -> None:
+    async def forward(self, conn: ClientConnection, req: Request, endpoint: Endpoint) -> None:
         """Proxy one OpenAI request, and record its outcome for the admin API's metrics."""
         started = self.loop.time()
         rid = req.header(b"x-request-id") or new_request_id()
@@ -169,7 +174,7 @@ class Dispatcher:
                 self.observer.request_done(req.model, req.backend, status, req.priority, req.ttft,
                                            self.loop.time() - started, req.branch or None)
 
-    async def _forward(self, conn: ClientConnection, req: Request, endpoint: str, rid: bytes) -> None:
+    async def _forward(self, conn: ClientConnection, req: Request, endpoint: Endpoint, rid: bytes) -> None:
         ctype = req.header(b"content-type")
         if ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
             return self._error(conn, req, 415, "content-type must be application/json", "unsupported_media_type",
@@ -220,7 +225,7 @@ class Dispatcher:
                 self.observer.retry(decision.backend_id)
             decision = router.route(req.body, endpoint, priority, session_key, excluded)
 
-    def _priority(self, req: Request) -> str | None:
+    def _priority(self, req: Request) -> Priority | None:
         given = req.header(b"x-priority")
         if given is not None:
             return PRIORITIES.get(given.strip().lower())
