@@ -146,7 +146,7 @@ def load_profile(spec: str | Profile | None, **overrides: Any) -> Profile:
     elif spec is None or spec in BUILTIN:
         prof = BUILTIN[spec or "qwen2.5-1.5b-l4"]
     elif spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         data = yaml.safe_load(Path(spec).read_text()) or {}
         if not isinstance(data, dict):

@@ -122,9 +122,9 @@ class SimInstance:
         assert self._runner is not None
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await self._site.start()
-        server = self._site._server
-        if self.port == 0 and server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        if self.port == 0:
+            # Port 0 asked the OS for a free port; keep it so a restart comes back on the same one.
+            self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._restart_handle is not None:
