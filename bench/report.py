@@ -150,11 +150,11 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
             f"- repeats per point: {meta['repeats']} (cells: mean ±half-range)", ""]
     out += ["## Targets", ""] + targets(agg) + [""]
     for (workload, mode), table in sorted(agg.items()):
-        sweep = next((s for s in meta["sweeps"] if s["workload"] == workload and s["mode"] == mode), {})
+        sweep: dict[str, Any] = next((s for s in meta["sweeps"] if s["workload"] == workload and s["mode"] == mode), {})
         names = _contenders(table, order)
         out += [f"## {workload} ({'closed loop' if mode == 'closed' else 'open loop'})", ""]
         scale = sweep.get("time_scale") or fleet["time_scale"]
-        params = next((p["params"] for p in data["points"] if p["workload"] == workload and p["mode"] == mode), {})
+        params: dict[str, Any] = next((p["params"] for p in data["points"] if p["workload"] == workload and p["mode"] == mode), {})
         shown = {k: v for k, v in params.items() if k not in ("path", "speedup", "time_scale")}
         out += [f"simulated clock ×{scale:g}; workload: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), ""]

@@ -69,7 +69,7 @@ class Suite:
     keepalive: bool = False
 
 
-CONCURRENCY = [1, 2, 4, 8, 16, 32, 64]
+CONCURRENCY = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 
 SUITES: dict[str, Suite] = {
     "standard": Suite(

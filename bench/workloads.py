@@ -142,7 +142,7 @@ def trace(model: str, *, path: Path = MOONCAKE_TRACE, seed: int = 0, limit: int 
     seconds divided by `speedup`, counted from the first replayed request. `max_prompt_tokens` cuts
     longer prompts (the Mooncake trace holds prompts up to 191k tokens).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     with open(path) as handle:
         for number, line in enumerate(handle):
             if number < start:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from kvroute.loadgen import (
     RequestSpec,
+    Result,
     percentile,
     poisson_arrivals,
     run_closed_loop,
@@ -82,7 +83,7 @@ def _chat_spec(max_tokens: int = 3, model: str = "m", tag: str = "") -> RequestS
 
 async def test_closed_loop_reads_tokens_usage_and_backend(server: tuple[str, web.Application]) -> None:
     url, app = server
-    seen = []
+    seen: list[Result] = []
     results = await run_closed_loop(url, [_chat_spec(tag=f"r{i}") for i in range(5)], concurrency=2,
                                     progress=seen.append)
     assert len(seen) == 5
