@@ -191,3 +191,15 @@ async def test_in_process_fault_methods() -> None:
         assert fleet.instances[0].state()["faults"]["metrics_fail"] is False
         with pytest.raises(ValueError):
             await fleet.instances[0].set_fault("bogus")
+
+
+async def test_pending_comeback_cancelled_cleanly() -> None:
+    # A crash with a come-back timer, then an explicit restart and stop: no stray timers fire.
+    async with SimFleet(instances=1, per_token_delay=0.001) as fleet:
+        inst = fleet.instances[0]
+        await inst.set_fault("crash", 30)
+        await inst.set_fault("crash", 20)  # re-arms the timer
+        await inst.set_fault("none")
+        assert not inst.crashed
+        await inst.set_fault("crash", 30)
+    assert inst.crashed  # stopped while down; the timer died with it

@@ -197,7 +197,8 @@ class SimInstance:
             self.engine.paused = True
         if down_for is not None:
             loop = asyncio.get_running_loop()
-            self._restart_handle = loop.call_later(down_for, self._spawn, self._come_back())
+            # The coroutine is made when the timer fires: a cancelled timer leaves none un-awaited.
+            self._restart_handle = loop.call_later(down_for, lambda: self._spawn(self._come_back()))
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -206,7 +207,9 @@ class SimInstance:
 
     async def _come_back(self) -> None:
         """A fresh process on the same port: empty cache, counters from zero, faults cleared."""
-        self._restart_handle = None
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()  # brought back by hand before its timer
+            self._restart_handle = None
         if not self.crashed:
             return
         self.engine.reset()
