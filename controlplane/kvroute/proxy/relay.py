@@ -363,6 +363,7 @@ class Dispatcher:
         loop = self.loop
         chunked = req.http11
         timeout = settings.first_byte_timeout
+        waiting_first = True
         while True:
             try:
                 piece = await up.next_chunk(min(timeout, deadline - loop.time()))
@@ -383,30 +384,29 @@ class Dispatcher:
                 self._cut(conn, req, error_event(f"backend {routed.backend_id} {what}", "api_error",
                                                  "timeout" if exc.kind == "timeout" else "backend_error"))
                 return None
-            if piece is None:
-                break
-            out = scanner.feed(piece)
-            if scanner.first_content and timeout == settings.first_byte_timeout:
+            last = piece is None or up.finished()
+            out = scanner.feed(piece) if piece is not None else b""
+            if waiting_first and scanner.first_content:
+                waiting_first = False
                 timeout = settings.idle_timeout
                 req.ttft = loop.time() - started
                 self.router.first_token(routed.ticket, req.ttft)
-            if not out:
-                continue
+            if last:
+                out += scanner.rest()
+            elif not out:
+                continue  # only part of an event so far
+            data = http.chunk(out) if chunked and out else out
+            if last and chunked:
+                data += http.LAST_CHUNK  # the end goes out with the last events: one write, not two
             if not req.responded:
                 req.status, req.streaming = up.status, True
-                conn.write(self._stream_head(up, routed, rid, req, chunked) + (http.chunk(out) if chunked else out))
-            else:
-                conn.write(http.chunk(out) if chunked else out)
+                data = self._stream_head(up, routed, rid, req, chunked) + data
+            conn.write(data)
+            if last:
+                break
             await conn.drain()
-        rest = scanner.rest()
-        tail = (http.chunk(rest) if rest else b"") + http.LAST_CHUNK if chunked else rest
-        if not req.responded:
-            req.status = up.status
-            conn.write(self._stream_head(up, routed, rid, req, chunked) + tail)
-        else:
-            conn.write(tail)
         if not chunked:
-            req.keep_alive = False
+            req.keep_alive = False  # an HTTP/1.0 stream ends with the connection
         return None
 
     def _cut(self, conn: ClientConnection, req: Request, event: bytes) -> None:

@@ -162,6 +162,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    def finished(self) -> bool:
+        """The whole response is in and handed over."""
+        return self.complete and not self._chunks
+
     async def read_all(self, timeout: float) -> bytes:
         while not self.complete:
             await self._wait(timeout, "backend went quiet")
