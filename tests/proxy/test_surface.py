@@ -235,3 +235,25 @@ async def test_pipelined_requests_are_answered_in_order_and_100_continue_is_sent
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
         writer.close()
         assert in_flight(gw) == 0
+
+
+async def test_http10_client_gets_a_close_delimited_stream(scripted) -> None:
+    events = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n'
+
+    async def stream(ex: Exchange) -> None:
+        await ex.sse_head()
+        await ex.chunk(events)
+        await ex.end()
+
+    backend = await scripted(stream)
+    async with running_gateway([backend.url]) as gw:
+        body = chat_body(stream=True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%b" % (len(body), body))
+        raw = await reader.read(-1)  # until the router closes: that is the end of this body
+        writer.close()
+        head, _, received = raw.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head.lower()
+        assert received == events
+        assert in_flight(gw) == 0
