@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import zmq
 
 import kvroute_proc
 import tiny_model
@@ -53,17 +54,60 @@ def tokenizer_json(model_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def _kv_event_subscribers() -> Iterator[list[zmq.Socket]]:
+    """One bound SUB socket per server, held for the whole session.
+
+    Bound before the servers start, on a port ZMQ picks: no free-port race, vLLM's publisher never
+    dials a port some other test server took meanwhile, and the subscription is in place long
+    before a test looks for events (no "slow joiner" loss).
+    """
+    ctx = zmq.Context()
+    subs = []
+    try:
+        for _ in range(2):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.bind("tcp://127.0.0.1:*")
+            subs.append(sub)
+        yield subs
+    finally:
+        for sub in subs:
+            sub.close()
+        ctx.term()
+
+
+@pytest.fixture(scope="session")
 def _vllm_servers(
-    vllm_env: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    vllm_env: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+    _kv_event_subscribers: list[zmq.Socket],
 ) -> Iterator[list[vllm_fleet.VllmServer]]:
     logs = tmp_path_factory.mktemp("vllm-logs")
-    servers = [vllm_fleet.VllmServer(vllm_env, model_dir, logs / f"vllm-{i}.log") for i in range(2)]
+    servers = [
+        vllm_fleet.VllmServer(vllm_env, model_dir, logs / f"vllm-{i}.log", kv_events_port=port_of(sub))
+        for i, sub in enumerate(_kv_event_subscribers)
+    ]
     vllm_fleet.start_all(servers)
     try:
         yield servers
     finally:
         for server in servers:
             server.stop()
+
+
+def port_of(sub: zmq.Socket) -> int:
+    return int(sub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def kv_events(
+    vllm_pair: list[vllm_fleet.VllmServer], _kv_event_subscribers: list[zmq.Socket]
+) -> list[zmq.Socket]:
+    """The SUB socket of each server in `vllm_pair`, in the same order, emptied of older events."""
+    for sub in _kv_event_subscribers:
+        while sub.poll(timeout=0):
+            sub.recv_multipart()
+    return _kv_event_subscribers
 
 
 @pytest.fixture

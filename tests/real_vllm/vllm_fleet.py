@@ -72,7 +72,8 @@ class VllmServer:
     model_dir: Path
     log_path: Path
     port: int = field(default_factory=free_port)
-    kv_events_port: int = field(default_factory=free_port)
+    # A port the KV-event consumer has already bound (see kv_events_endpoint); None: no events.
+    kv_events_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,23 +81,17 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def kv_events_endpoint(self) -> str:
-        """Where a subscriber must *bind* its SUB socket to receive this server's KV events.
+    def kv_events_endpoint(self) -> str | None:
+        """Where this server publishes its KV events, or None when it does not.
 
         vLLM's publisher binds only wildcard endpoints ("tcp://*:P", which would listen on every
-        interface) and connects to any other; so the server is told to connect to 127.0.0.1:P and
-        the consumer binds there. ZMQ reconnects on its own, so the consumer may bind any time.
+        interface) and *connects* to any other; so the server is told to connect to 127.0.0.1:P and
+        the consumer binds there first (ZMQ reconnects on its own, so the order is free).
         """
-        return f"tcp://127.0.0.1:{self.kv_events_port}"
+        return None if self.kv_events_port is None else f"tcp://127.0.0.1:{self.kv_events_port}"
 
     def command(self) -> list[str]:
-        kv_events = {
-            "enable_kv_cache_events": True,
-            "publisher": "zmq",
-            "endpoint": self.kv_events_endpoint,
-            "topic": "",
-        }
-        return [
+        cmd = [
             str(self.env_dir / "bin" / "python"),
             "-m",
             "vllm.entrypoints.openai.api_server",
@@ -106,9 +101,17 @@ class VllmServer:
             "--port", str(self.port),
             "--max-model-len", str(MAX_MODEL_LEN),
             "--enable-prefix-caching",
-            "--kv-events-config", json.dumps(kv_events),
             "--disable-uvicorn-access-log",
         ]
+        if self.kv_events_endpoint is not None:
+            kv_events = {
+                "enable_kv_cache_events": True,
+                "publisher": "zmq",
+                "endpoint": self.kv_events_endpoint,
+                "topic": "",
+            }
+            cmd += ["--kv-events-config", json.dumps(kv_events)]
+        return cmd
 
     def start(self) -> None:
         """Launches the server; does not wait (call wait_ready) so that two can start at once."""
