@@ -102,6 +102,7 @@ async def run(args: argparse.Namespace) -> dict:
             tasks = []
             cpu0 = _cpu_seconds(proc.pid)
             sys0 = _cpu_times(proc.pid)[1]
+            own0 = time.process_time()
             start = time.perf_counter()
             t = 0.0
             n = 0
@@ -114,6 +115,7 @@ async def run(args: argparse.Namespace) -> dict:
                 n += 1
             offered_s = time.perf_counter() - start
             cpu1 = _cpu_seconds(proc.pid)
+            own1 = time.process_time()
             await asyncio.gather(*tasks)
             wall = time.perf_counter() - start
             cpu2 = _cpu_seconds(proc.pid)
@@ -139,6 +141,8 @@ async def run(args: argparse.Namespace) -> dict:
             # one core could sustain at that cost: contention-independent capacity.
             "sim_cpu_us_per_token": round(1e6 * (cpu2 - cpu0) / max(1, sum(s["generation_tokens"] for s in states)), 1),
             "one_core_capacity_tokens_per_s": round(max(1, sum(s["generation_tokens"] for s in states)) / max(1e-9, cpu2 - cpu0)),
+            "loadgen_cpu_fraction_of_one_core": round((own1 - own0) / offered_s, 2),
+            "loadavg_1min": os.getloadavg()[0],
             "sim_cpu_system_share": round((sys2 - sys0) / max(1e-9, cpu2 - cpu0), 2),
             "wall_s": round(wall, 1),
             "generation_tokens": sum(s["generation_tokens"] for s in states),
