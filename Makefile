@@ -31,7 +31,8 @@ $(STAMP_DEPS): pyproject.toml | $(BIN)/python
 # maturin develop installs the package editable (controlplane/ on sys.path) and drops the
 # release-built extension beside it: Python edits need no rebuild, Rust edits rebuild here.
 $(STAMP_NATIVE): $(STAMP_DEPS) $(RUST_SOURCES)
-	. $(BIN)/activate && maturin develop --release --quiet
+	@echo "building the native core (release) and installing kvroute into $(VENV) ..."
+	@. $(BIN)/activate && maturin develop --release > $(VENV)/build.log 2>&1 || { cat $(VENV)/build.log; exit 1; }
 	touch $@
 
 demo: venv
