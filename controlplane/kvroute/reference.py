@@ -55,6 +55,7 @@ COST_WEIGHTS = {
     "kv_weight": (0.5, 0.0, 100.0),
     "kv_knee": (0.8, 0.0, 0.999),
     "tie_tolerance": (0.05, 0.0, 10.0),
+    "externality_weight": (1.0, 0.0, 100.0),
     "ewma_alpha": (0.2, 0.001, 1.0),
 }
 POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -394,6 +395,7 @@ class _Cand:
     cached_tokens: int
     queue: int
     ttft: float = 0.0
+    score: float = 0.0
 
 
 class Router:
@@ -567,7 +569,9 @@ class Router:
         for c in cands:
             n = c.b.matched_blocks(req.blocks)
             c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
-            c.ttft = self.predict(c.b, req.prompt_tokens - c.cached_tokens)
+            uncached = req.prompt_tokens - c.cached_tokens
+            c.ttft = self.predict(c.b, uncached)
+            c.score = c.ttft + self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / c.b.prefill_rate)
         queue_ahead = self.wait_queue_size > 0 and any(
             w.key[0] <= tier and (resumed is None or w.key < (tier, resumed[1])) and w.req.model == req.model
             for w in self.waiters.values()
@@ -677,8 +681,13 @@ class Router:
                 if cands[i].b.in_flight + 1 <= cap:
                     return i, "session:sticky" if rank == 0 else "session:spill"
             return ranked[0][1], "session:sticky"
-        # cost
-        i = self._argmin_tie([c.ttft for c in cands], self.w["tie_tolerance"])
+        # cost: minimum score (TTFT + externality); among near-ties the most cached prefix, then random
+        lo = min(c.score for c in cands)
+        limit = lo + abs(lo) * self.w["tie_tolerance"]
+        near = [k for k, c in enumerate(cands) if c.score <= limit]
+        most = max(cands[k].cached_tokens for k in near)
+        ties = [k for k in near if cands[k].cached_tokens == most]
+        i = ties[0] if len(ties) == 1 else ties[self.rng.below(len(ties))]
         best_cached = max(c.cached_tokens for c in cands)
         if best_cached == 0:
             return i, "cost:cold"

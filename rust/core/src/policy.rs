@@ -77,6 +77,7 @@ pub const COST_WEIGHTS: &[WeightSpec] = &[
     w("kv_weight", 0.5, 0.0, 100.0),
     w("kv_knee", 0.8, 0.0, 0.999),
     w("tie_tolerance", 0.05, 0.0, 10.0),
+    w("externality_weight", 1.0, 0.0, 100.0),
     w("ewma_alpha", 0.2, 0.001, 1.0),
 ];
 pub const PREFIX_HASH_WEIGHTS: &[WeightSpec] = &[w("queue_threshold", 8.0, 0.0, 1e9)];
@@ -91,6 +92,7 @@ pub struct Weights {
     pub kv_weight: f64,
     pub kv_knee: f64,
     pub tie_tolerance: f64,
+    pub externality_weight: f64,
     pub ewma_alpha: f64,
     pub queue_threshold: f64,
     pub load_factor: f64,
@@ -105,6 +107,7 @@ impl Default for Weights {
             kv_weight: 0.0,
             kv_knee: 0.0,
             tie_tolerance: 0.0,
+            externality_weight: 0.0,
             ewma_alpha: 0.0,
             queue_threshold: 0.0,
             load_factor: 0.0,
@@ -125,6 +128,7 @@ impl Weights {
             "kv_weight" => &mut self.kv_weight,
             "kv_knee" => &mut self.kv_knee,
             "tie_tolerance" => &mut self.tie_tolerance,
+            "externality_weight" => &mut self.externality_weight,
             "ewma_alpha" => &mut self.ewma_alpha,
             "queue_threshold" => &mut self.queue_threshold,
             "load_factor" => &mut self.load_factor,

@@ -162,6 +162,8 @@ struct Cand {
     cached_tokens: u64,
     queue: u64,
     ttft: f64,
+    /// What `cost` minimises: ttft plus the delay this request's prefill imposes on others.
+    score: f64,
 }
 
 pub struct Router {
@@ -399,7 +401,7 @@ impl Router {
             }
             serving += 1;
             if b.usable() && !exclude.contains(&b.id.as_str()) {
-                cands.push(Cand { slot: s, cached_tokens: 0, queue: b.queue_depth(), ttft: 0.0 });
+                cands.push(Cand { slot: s, cached_tokens: 0, queue: b.queue_depth(), ttft: 0.0, score: 0.0 });
             }
         }
         if serving == 0 {
@@ -426,7 +428,13 @@ impl Router {
             let n = self.slot_blocks[c.slot as usize];
             c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
             let b = self.backend(c.slot);
-            c.ttft = Self::predict(&self.policy.weights, b, req.prompt_tokens - c.cached_tokens);
+            let uncached = req.prompt_tokens - c.cached_tokens;
+            let w = &self.policy.weights;
+            c.ttft = Self::predict(w, b, uncached);
+            // The prefill also delays the requests still waiting for their first token there
+            // (chunked prefill shares each step): a greedy per-request choice ignores that and
+            // moves conversations off their cache too eagerly.
+            c.score = c.ttft + w.externality_weight * b.pending as f64 * (uncached as f64 / b.learned.prefill_rate);
         }
         for &(slot, _) in &matches {
             self.slot_blocks[slot as usize] = 0;
@@ -615,7 +623,7 @@ impl Router {
                 }
             },
             PolicyKind::Cost => {
-                let i = self.argmin_tie(cands, |_, c| c.ttft, self.policy.weights.tie_tolerance);
+                let i = self.cost_pick(cands);
                 let best_cached = cands.iter().map(|c| c.cached_tokens).max().unwrap_or(0);
                 let branch = if best_cached == 0 {
                     "cost:cold"
@@ -627,6 +635,20 @@ impl Router {
                 (i, branch)
             }
         }
+    }
+
+    /// Minimum predicted TTFT. Among near-ties, those holding the most of the prompt win: the
+    /// TTFT difference is negligible, but keeping a conversation where its prefix lives pays on
+    /// every later turn (the model itself is myopic). Remaining ties are broken at random.
+    fn cost_pick(&mut self, cands: &[Cand]) -> usize {
+        let min = cands.iter().map(|c| c.score).fold(f64::INFINITY, f64::min);
+        let limit = min + min.abs() * self.policy.weights.tie_tolerance;
+        let near = |c: &&Cand| c.score <= limit;
+        let most = cands.iter().filter(near).map(|c| c.cached_tokens).max().unwrap_or(0);
+        let best = |c: &&Cand| c.score <= limit && c.cached_tokens == most;
+        let ties = cands.iter().filter(best).count();
+        let k = if ties == 1 { 0 } else { self.rng.below(ties) };
+        cands.iter().enumerate().filter(|(_, c)| best(c)).nth(k).map_or(0, |(i, _)| i)
     }
 
     fn least_load(&mut self, cands: &[Cand]) -> usize {

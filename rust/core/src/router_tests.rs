@@ -310,3 +310,47 @@ fn wait_queue_orders_by_priority_then_age() {
     assert_eq!(r.release(d.ticket, true, 0, 0, 0, 0.0).unwrap(), Vec::<u64>::new());
     assert!(r.resume(low.wait_id).is_err());
 }
+
+#[test]
+fn cost_near_ties_prefer_the_cached_backend() {
+    for seed in 0..20 {
+        let mut r = Router::new(RouterConfig { policy: "cost".into(), seed, ..Default::default() }).unwrap();
+        for i in 0..4 {
+            r.upsert_backend(&format!("b{i}"), &BackendUpdate::default()).unwrap();
+        }
+        // One cached block of a long prompt saves less than the 5% tie band.
+        let sys = "Be brief and polite, always, please. Answer in English. Thank you!!";
+        let first = route(&mut r, sys, &"first question ".repeat(60));
+        r.release(first.ticket, true, 0, 0, 0, 0.0).unwrap();
+        let next = route(&mut r, sys, &"another question ".repeat(60));
+        assert!(next.cached_tokens > 0);
+        assert_eq!(next.backend_id, first.backend_id, "seed {seed}");
+        assert_eq!(next.branch, "cost:cache_affinity");
+    }
+}
+
+#[test]
+fn cost_counts_the_delay_a_recompute_imposes_on_waiting_requests() {
+    let run = |externality: f64| {
+        let mut r = router("cost", 2);
+        r.set_policy("cost", &[("externality_weight".into(), externality)]).unwrap();
+        let sys = long_system();
+        let warm = routed(r.route(req(&r, &sys, "q"), Tier::Normal, None, &["b1"]));
+        r.release(warm.ticket, true, 0, 0, 0, 0.0).unwrap();
+        // Requests waiting for their first token: six on the cached backend, one on the other.
+        let cold = "a different prompt of about five hundred tokens ".repeat(40);
+        for (i, (not_there, n)) in [("b1", 6), ("b0", 1)].into_iter().enumerate() {
+            for k in 0..n {
+                let q = req(&r, &format!("{i} {k} {cold}"), "u");
+                routed(r.route(q, Tier::Normal, None, &[not_there]));
+            }
+        }
+        route(&mut r, &sys, "the question")
+    };
+    // Greedy on this request's TTFT alone: recompute the long prefix on the less busy backend.
+    let greedy = run(0.0);
+    assert_eq!((greedy.backend_id.as_str(), greedy.branch), ("b1", "cost:load_spread"));
+    // Counting the prefill's delay to the request already waiting there: stay with the cache.
+    let default = run(1.0);
+    assert_eq!((default.backend_id.as_str(), default.branch), ("b0", "cost:cache_affinity"));
+}
