@@ -126,6 +126,11 @@ class Request:
 
 
 class Engine:
+    # Real seconds a step may go out late before streamed output is held back and merged, and
+    # the longest it is held.
+    LATE_S = 0.002
+    FLUSH_S = 0.05
+
     def __init__(self, profile: Profile, clock: SimClock, *, per_token_delay: float | None = None,
                  seed: int = 0, enable_prefix_caching: bool = True, index: int = 0,
                  default_max_tokens: int = 128) -> None:
@@ -149,6 +154,8 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
         self._admitted: list[Request] = []
+        self._held = False
+        self._last_flush = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -324,7 +331,7 @@ class Engine:
             d = self.profile.step_seconds(new, ctx)
         return d * self.slow
 
-    def _complete(self, sched: list[tuple[Request, int]], now: float) -> None:
+    def _complete(self, sched: list[tuple[Request, int]], now: float, hold: bool = False) -> None:
         bs = self.block_size
         kv = self.kv
         st = self.stats
@@ -352,6 +359,8 @@ class Engine:
             if req.num_out >= req.max_tokens:
                 self._finish(req, req.length_reason, now=now)
                 done = True
+            elif hold:
+                continue
             elif req.sink is not None:
                 req.sink(req)
             elif req.stream:
@@ -397,7 +406,25 @@ class Engine:
                     st.lag_over_5ms += 1
                 if lag > st.lag_max_s:
                     st.lag_max_s = lag
-            self._complete(sched, end)
+            # While catching up, hold streamed output back and send it merged once on time (or
+            # every FLUSH_S): one socket write per request instead of one per late step. vLLM's
+            # API server merges a request's outputs the same way when it falls behind the engine.
+            now_real = loop.time()
+            defer = (now_real - clock.real(end) > self.LATE_S
+                     and now_real - self._last_flush < self.FLUSH_S)
+            self._complete(sched, end, defer)
+            if defer:
+                self._held = True
+            elif self._held:
+                self._held = False
+                self._last_flush = now_real
+                for req in self.running:
+                    if req.sink is not None:
+                        req.sink(req)
+                    elif req.stream:
+                        req.event.set()
+            else:
+                self._last_flush = now_real
             if not (self.waiting or self.running):
                 self._busy_until = max(end, clock.now())
 
