@@ -253,7 +253,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             cpu_wrk = f"{load['cpu_us_per_request']:.0f} µs" if "cpu_us_per_request" in load else "—"
             backend_cpu = f"{rate['backend_cpu_us_per_request']:.0f}, {load['backend_cpu_us_per_request']:.0f} µs"
             rows.append(f"| {name} | {kind} | {seq['p50_us']:.0f} µs | {seq['p99_us']:.0f} µs | {added} | {added_rate} | "
-                        f"{added_rate99} | {cpu_rate} | {load['req_per_s']:,} | {cpu_wrk} | {backend_cpu} |")
+                        f"{added_rate99} | {cpu_rate} | {load['req_per_s']:,.0f} | {cpu_wrk} | {backend_cpu} |")
     return "\n".join(rows)
 
 
