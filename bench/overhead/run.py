@@ -261,6 +261,7 @@ async def run(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    load_before = os.getloadavg()
     log_dir = RESULTS / f"overhead-{stamp}-logs"
     port = procs.free_port()
     backend = procs.Child("instant", [sys.executable, "-m", "bench.overhead.instant_backend", "--port", str(port)],
@@ -294,7 +295,9 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await backend.stop()
     report = {"command": " ".join(["python -m bench.overhead.run", *sys.argv[1:]]), "machine": machine(),
-              "versions": contenders.versions(), "rate": args.rate, "seconds": args.seconds, "results": results}
+              "versions": contenders.versions(), "rate": args.rate, "seconds": args.seconds,
+              # The machine is shared: other work's load is part of every number here.
+              "load_average": {"before": load_before, "after": os.getloadavg()}, "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"overhead-{stamp}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
