@@ -712,7 +712,8 @@ class Router:
         work = t.work_ahead + tokens
         b.ttft_ewma = ewma(b.ttft_ewma, ttft_s, alpha)
         if work < RATE_SAMPLE_MIN_TOKENS:
-            b.overhead_s = ewma(b.overhead_s, ttft_s, alpha)
+            if t.work_ahead == 0:
+                b.overhead_s = ewma(b.overhead_s, ttft_s, alpha)
             return
         prefill_s = max(ttft_s - b.overhead_s, ttft_s * 0.1)
         if prefill_s > 0.0:

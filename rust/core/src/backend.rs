@@ -63,18 +63,23 @@ fn ewma(old: f64, sample: f64, alpha: f64) -> f64 {
 }
 
 impl Learned {
-    /// A first token arrived `ttft_s` after routing, when `work_tokens` of prefill (the work ahead
-    /// plus this request's own uncached tokens) stood between the request and its first token.
-    pub fn observe_ttft(&mut self, ttft_s: f64, work_tokens: u64, alpha: f64) {
+    /// A first token arrived `ttft_s` after routing; `work_ahead` tokens of prefill were queued
+    /// ahead of the request and `own` were its own uncached tokens.
+    pub fn observe_ttft(&mut self, ttft_s: f64, work_ahead: u64, own: u64, alpha: f64) {
         self.ttft_samples += 1;
         self.ttft_ewma = ewma(self.ttft_ewma, ttft_s, alpha);
-        if work_tokens < RATE_SAMPLE_MIN_TOKENS {
-            self.overhead_s = ewma(self.overhead_s, ttft_s, alpha);
+        let work = work_ahead + own;
+        if work < RATE_SAMPLE_MIN_TOKENS {
+            // Only an unqueued small request measures the fixed cost; under load its TTFT is mostly
+            // waiting, and subtracting that from later samples would inflate the prefill rate.
+            if work_ahead == 0 {
+                self.overhead_s = ewma(self.overhead_s, ttft_s, alpha);
+            }
             return;
         }
         let prefill_s = (ttft_s - self.overhead_s).max(ttft_s * 0.1);
         if prefill_s > 0.0 {
-            let sample = (work_tokens as f64 / prefill_s).clamp(PRIOR_PREFILL_RATE / 100.0, PRIOR_PREFILL_RATE * 100.0);
+            let sample = (work as f64 / prefill_s).clamp(PRIOR_PREFILL_RATE / 100.0, PRIOR_PREFILL_RATE * 100.0);
             self.prefill_rate = ewma(self.prefill_rate, sample, alpha);
         }
     }

@@ -710,7 +710,7 @@ impl Router {
         if let Some(b) = self.live_ticket_backend(slot, gen) {
             b.pending -= 1;
             b.pending_tokens -= tokens;
-            b.learned.observe_ttft(ttft_s, ahead + tokens, alpha);
+            b.learned.observe_ttft(ttft_s, ahead, tokens, alpha);
         }
         Ok(())
     }
