@@ -3,6 +3,7 @@ tokenizer and block size, it reports the prefix-cache hits real vLLM reports (wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -40,19 +41,34 @@ def sim_url(tokenizer_json: Path) -> Iterator[str]:
             proc.communicate(timeout=15)
 
 
-def hits_for(url: str, prompts: list[str]) -> float:
-    """Prefix-cache hit tokens the server reports for this sequence (its counter's growth)."""
-    def hits() -> float:
-        resp = httpx.get(url + "/metrics", timeout=30)
-        assert resp.status_code == 200
-        return vllm_fleet.metric_sum(resp.text, "vllm:prefix_cache_hits_total")
+def hits(url: str) -> float:
+    resp = httpx.get(url + "/metrics", timeout=30)
+    assert resp.status_code == 200
+    return vllm_fleet.metric_sum(resp.text, "vllm:prefix_cache_hits_total")
 
-    before = hits()
+
+def hits_for(url: str, prompts: list[str]) -> float:
+    """Prefix-cache hit tokens the server reports for this sequence, sent one by one."""
+    before = hits(url)
     with httpx.Client(base_url=url, timeout=60) as client:
         for prompt in prompts:
             resp = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
             assert resp.status_code == 200, resp.text
-    return hits() - before
+    return hits(url) - before
+
+
+def hits_for_burst(url: str, prompts: list[str]) -> float:
+    """Prefix-cache hit tokens for these prompts sent all at once (one scheduler burst)."""
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            replies = await asyncio.gather(*(
+                client.post("/v1/completions", json={"model": MODEL, "prompt": p, "max_tokens": 8}) for p in prompts
+            ))
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200]
+
+    before = hits(url)
+    asyncio.run(burst())
+    return hits(url) - before
 
 
 def test_simulator_prefix_hits_match_vllm(vllm_pair: list[vllm_fleet.VllmServer], sim_url: str) -> None:
@@ -61,5 +77,20 @@ def test_simulator_prefix_hits_match_vllm(vllm_pair: list[vllm_fleet.VllmServer]
     real = hits_for(vllm_pair[0].url, prompts)
     simulated = hits_for(sim_url, prompts)
     print(f"prefix cache hit tokens: vllm {real}, sim {simulated}")  # shown with -s, and on failure
+    assert real > 0
+    assert abs(simulated - real) <= 0.05 * real, {"vllm": real, "sim": simulated}
+
+
+# Found by this tier: a burst of 9 requests over 3 documents (~900 tokens each) overflows vLLM's
+# 2048-token step budget (its CPU default), so prefills are chunked across steps; for this exact
+# content vLLM reported 5376 hit tokens in every run and the simulator 4480 (one repeat missing its
+# 7 blocks). Other contents match exactly, so it is a chunk-boundary case in the simulator's
+# scheduler. Not strict: concurrent arrival can in principle spread a burst over steps.
+@pytest.mark.xfail(strict=False, reason="simulator misses a hit under chunked prefill (reported to sim)")
+def test_simulator_prefix_hits_match_vllm_concurrent(vllm_pair: list[vllm_fleet.VllmServer], sim_url: str) -> None:
+    prompts = [f"{workload.text(f'mixed-doc{i % 3}', 300)} q{i}" for i in range(9)]
+    real = hits_for_burst(vllm_pair[0].url, prompts)
+    simulated = hits_for_burst(sim_url, prompts)
+    print(f"burst prefix cache hit tokens: vllm {real}, sim {simulated}")  # shown with -s, and on failure
     assert real > 0
     assert abs(simulated - real) <= 0.05 * real, {"vllm": real, "sim": simulated}
