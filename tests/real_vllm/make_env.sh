@@ -99,7 +99,7 @@ HF_HUB_OFFLINE=1 "$PY" -m vllm.entrypoints.openai.api_server --help >/dev/null
 "$PY" -c 'import transformers, tokenizers, torch; print("make_env: torch", torch.__version__, "transformers", transformers.__version__)' >&2
 
 # venv scripts carry absolute paths; point them at the final location before the rename.
-grep -rlI --null -F "$TMP_DIR" "$TMP_DIR/bin" | xargs -0 -r sed -i "s|$TMP_DIR|$ENV_DIR|g"
+{ grep -rlI --null -F "$TMP_DIR" "$TMP_DIR/bin" || true; } | xargs -0 -r sed -i "s|$TMP_DIR|$ENV_DIR|g"
 end=$(date +%s)
 {
     echo "route: $route"
