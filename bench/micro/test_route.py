@@ -49,3 +49,17 @@ def test_route_release_native_by_body_size(benchmark, kib: int) -> None:
         r.release(d.ticket, True)  # type: ignore[union-attr]
 
     benchmark(once)
+
+
+@pytest.mark.parametrize("backends", [4, 64, 256])
+def test_route_release_native_by_fleet_size(benchmark, body_8k: bytes, backends: int) -> None:
+    """Scoring is O(candidates); the prefix match does not depend on the fleet at all."""
+    r = kvroute.Router("cost")
+    for i in range(backends):
+        r.upsert_backend(f"b{i:03d}")
+
+    def once() -> None:
+        d = r.route(body_8k)
+        r.release(d.ticket, True)  # type: ignore[union-attr]
+
+    benchmark(once)
