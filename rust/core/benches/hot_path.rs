@@ -62,12 +62,7 @@ fn main() {
         let ns = time(31, inner, || {
             black_box(parse(black_box(&body), Endpoint::Chat, &cfg).unwrap());
         });
-        println!(
-            "parse chat body {:>4} KiB: {:>9.2} us  ({:.2} GB/s)",
-            kib,
-            ns / 1e3,
-            body.len() as f64 / ns
-        );
+        println!("parse chat body {:>4} KiB: {:>9.2} us  ({:.2} GB/s)", kib, ns / 1e3, body.len() as f64 / ns);
     }
 
     // 3. route + release on 64 backends whose indexes hold 100k blocks each.

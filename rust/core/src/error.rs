@@ -5,7 +5,10 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq)]
 pub enum CoreError {
     /// The body is not a valid OpenAI request; `param` names the offending field when one is to blame.
-    MalformedRequest { param: Option<String>, message: String },
+    MalformedRequest {
+        param: Option<String>,
+        message: String,
+    },
     InvalidConfig(String),
     UnknownTicket(u64),
     UnknownBackend(String),

@@ -162,10 +162,7 @@ impl PolicyConfig {
                 ))
             })?;
             if !(v.is_finite() && *v >= spec.min && *v <= spec.max) {
-                return Err(CoreError::config(format!(
-                    "weight {k:?} = {v} is outside {}..={}",
-                    spec.min, spec.max
-                )));
+                return Err(CoreError::config(format!("weight {k:?} = {v} is outside {}..={}", spec.min, spec.max)));
             }
             *weights.field(k).expect("spec names are fields") = *v;
         }

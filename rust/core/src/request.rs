@@ -355,9 +355,8 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
             (cfg.tokens_for_bytes(chain.total), chain.blocks, sys.digest())
         }
         Endpoint::Completions => {
-            let raw = top
-                .prompt
-                .ok_or_else(|| CoreError::malformed(Some("prompt"), "missing required field `prompt`"))?;
+            let raw =
+                top.prompt.ok_or_else(|| CoreError::malformed(Some("prompt"), "missing required field `prompt`"))?;
             let repr: PromptRepr = serde_json::from_str(raw.get()).map_err(|_| {
                 CoreError::malformed(Some("prompt"), "`prompt` must be a string, a token list, or a list of either")
             })?;
@@ -380,9 +379,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
             }
         }
         Endpoint::Embeddings | Endpoint::Responses => {
-            let raw = top
-                .input
-                .ok_or_else(|| CoreError::malformed(Some("input"), "missing required field `input`"))?;
+            let raw = top.input.ok_or_else(|| CoreError::malformed(Some("input"), "missing required field `input`"))?;
             let mut chain = Chain::new(text_block, root, body.len());
             let mut sys = Xxh3::new();
             if let Some(instr) = &top.instructions {
@@ -448,11 +445,7 @@ fn diagnose(body: &[u8], original: Option<serde_json::Error>) -> CoreError {
             |v| v.is_u64() || v.is_null(),
             "`max_completion_tokens` must be a non-negative integer",
         ),
-        (
-            "max_output_tokens",
-            |v| v.is_u64() || v.is_null(),
-            "`max_output_tokens` must be a non-negative integer",
-        ),
+        ("max_output_tokens", |v| v.is_u64() || v.is_null(), "`max_output_tokens` must be a non-negative integer"),
         ("instructions", |v| v.is_string() || v.is_null(), "`instructions` must be a string"),
         (
             "messages",
@@ -520,7 +513,12 @@ mod tests {
         assert_eq!(r.model, "llama");
         assert!(r.stream);
         assert_eq!(r.max_tokens, Some(12));
-        let r = parse(br#"{"model":"x","max_completion_tokens":3,"max_tokens":9,"messages":[{"role":"user","content":"a"}]}"#, Endpoint::Chat, &cfg()).unwrap();
+        let r = parse(
+            br#"{"model":"x","max_completion_tokens":3,"max_tokens":9,"messages":[{"role":"user","content":"a"}]}"#,
+            Endpoint::Chat,
+            &cfg(),
+        )
+        .unwrap();
         assert_eq!(r.max_tokens, Some(3));
         assert!(!r.stream);
     }
@@ -531,23 +529,71 @@ mod tests {
         assert_eq!(param_of(parse(b"{not json", Endpoint::Chat, &c).unwrap_err()), None);
         assert_eq!(param_of(parse(b"[1,2]", Endpoint::Chat, &c).unwrap_err()), None);
         assert_eq!(param_of(parse(br#"{"messages":[]}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("model"));
-        assert_eq!(param_of(parse(br#"{"model":3,"messages":[]}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("model"));
+        assert_eq!(
+            param_of(parse(br#"{"model":3,"messages":[]}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(),
+            Some("model")
+        );
         assert_eq!(param_of(parse(br#"{"model":"m"}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("messages"));
-        assert_eq!(param_of(parse(br#"{"model":"m","messages":"hi"}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("messages"));
-        assert_eq!(param_of(parse(br#"{"model":"m","messages":[{"content":"x"}]}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("messages"));
-        assert_eq!(param_of(parse(br#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("stream"));
-        assert_eq!(param_of(parse(br#"{"model":"m","max_tokens":-1,"messages":[{"role":"user","content":"x"}]}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(), Some("max_tokens"));
-        assert_eq!(param_of(parse(br#"{"model":"m"}"#, Endpoint::Completions, &c).unwrap_err()).as_deref(), Some("prompt"));
-        assert_eq!(param_of(parse(br#"{"model":"m","prompt":{}}"#, Endpoint::Completions, &c).unwrap_err()).as_deref(), Some("prompt"));
-        assert_eq!(param_of(parse(br#"{"model":"m"}"#, Endpoint::Embeddings, &c).unwrap_err()).as_deref(), Some("input"));
-        assert_eq!(param_of(parse(br#"{"model":"m"}"#, Endpoint::Responses, &c).unwrap_err()).as_deref(), Some("input"));
+        assert_eq!(
+            param_of(parse(br#"{"model":"m","messages":"hi"}"#, Endpoint::Chat, &c).unwrap_err()).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param_of(parse(br#"{"model":"m","messages":[{"content":"x"}]}"#, Endpoint::Chat, &c).unwrap_err())
+                .as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param_of(
+                parse(
+                    br#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#,
+                    Endpoint::Chat,
+                    &c
+                )
+                .unwrap_err()
+            )
+            .as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            param_of(
+                parse(
+                    br#"{"model":"m","max_tokens":-1,"messages":[{"role":"user","content":"x"}]}"#,
+                    Endpoint::Chat,
+                    &c
+                )
+                .unwrap_err()
+            )
+            .as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param_of(parse(br#"{"model":"m"}"#, Endpoint::Completions, &c).unwrap_err()).as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            param_of(parse(br#"{"model":"m","prompt":{}}"#, Endpoint::Completions, &c).unwrap_err()).as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            param_of(parse(br#"{"model":"m"}"#, Endpoint::Embeddings, &c).unwrap_err()).as_deref(),
+            Some("input")
+        );
+        assert_eq!(
+            param_of(parse(br#"{"model":"m"}"#, Endpoint::Responses, &c).unwrap_err()).as_deref(),
+            Some("input")
+        );
     }
 
     #[test]
     fn next_turn_extends_the_chain() {
         let c = cfg();
-        let t1 = chat(r#"[{"role":"system","content":"You are a helpful assistant who answers briefly."},{"role":"user","content":"What is the capital of France, and why?"}]"#);
-        let t2 = chat(r#"[{"role":"system","content":"You are a helpful assistant who answers briefly."},{"role":"user","content":"What is the capital of France, and why?"},{"role":"assistant","content":"Paris."},{"role":"user","content":"And of Spain?"}]"#);
+        let t1 = chat(
+            r#"[{"role":"system","content":"You are a helpful assistant who answers briefly."},{"role":"user","content":"What is the capital of France, and why?"}]"#,
+        );
+        let t2 = chat(
+            r#"[{"role":"system","content":"You are a helpful assistant who answers briefly."},{"role":"user","content":"What is the capital of France, and why?"},{"role":"assistant","content":"Paris."},{"role":"user","content":"And of Spain?"}]"#,
+        );
         let a = parse(&t1, Endpoint::Chat, &c).unwrap();
         let b = parse(&t2, Endpoint::Chat, &c).unwrap();
         assert!(a.blocks.len() >= 4);
@@ -559,7 +605,12 @@ mod tests {
     #[test]
     fn json_spelling_does_not_matter() {
         let c = cfg();
-        let a = parse(br#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 and more text here to fill blocks"}]}"#, Endpoint::Chat, &c).unwrap();
+        let a = parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 and more text here to fill blocks"}]}"#,
+            Endpoint::Chat,
+            &c,
+        )
+        .unwrap();
         let b = parse("{ \"messages\" : [ { \"content\" : \"café and more text here to fill blocks\", \"role\" : \"user\" } ], \"model\" : \"m\" }".as_bytes(), Endpoint::Chat, &c).unwrap();
         assert_eq!(a.blocks, b.blocks);
     }
@@ -567,7 +618,8 @@ mod tests {
     #[test]
     fn multipart_and_tool_content_enter_the_stream() {
         let c = cfg();
-        let plain = parse(&chat(r#"[{"role":"user","content":"describe this picture please"}]"#), Endpoint::Chat, &c).unwrap();
+        let plain =
+            parse(&chat(r#"[{"role":"user","content":"describe this picture please"}]"#), Endpoint::Chat, &c).unwrap();
         let parts = parse(&chat(r#"[{"role":"user","content":[{"type":"text","text":"describe this picture please"},{"type":"image_url","image_url":{"url":"http://x/a.png"}}]}]"#), Endpoint::Chat, &c).unwrap();
         assert_ne!(plain.blocks, parts.blocks);
         assert!(parts.prompt_tokens > plain.prompt_tokens);
@@ -580,8 +632,12 @@ mod tests {
     #[test]
     fn different_models_never_share_chains() {
         let c = cfg();
-        let a = parse(br#"{"model":"a","prompt":"the same long prompt text for both models"}"#, Endpoint::Completions, &c).unwrap();
-        let b = parse(br#"{"model":"b","prompt":"the same long prompt text for both models"}"#, Endpoint::Completions, &c).unwrap();
+        let a =
+            parse(br#"{"model":"a","prompt":"the same long prompt text for both models"}"#, Endpoint::Completions, &c)
+                .unwrap();
+        let b =
+            parse(br#"{"model":"b","prompt":"the same long prompt text for both models"}"#, Endpoint::Completions, &c)
+                .unwrap();
         assert_eq!(a.blocks.len(), b.blocks.len());
         assert_ne!(a.blocks[0], b.blocks[0]);
     }
@@ -594,7 +650,8 @@ mod tests {
         assert_eq!(t.blocks.len(), 2); // 4-token blocks, the partial third is not cached by vLLM either
         let tb = parse(br#"{"model":"m","prompt":[[1,2,3,4,5,6,7,8,9],[3]]}"#, Endpoint::Completions, &c).unwrap();
         assert_eq!(tb.blocks, t.blocks);
-        let s = parse(br#"{"model":"m","prompt":["abcdefghijklmnopqrstuvwxyz0123456789"]}"#, Endpoint::Completions, &c).unwrap();
+        let s = parse(br#"{"model":"m","prompt":["abcdefghijklmnopqrstuvwxyz0123456789"]}"#, Endpoint::Completions, &c)
+            .unwrap();
         assert_eq!(s.blocks.len(), 2);
         assert_eq!(s.prompt_tokens, 9);
     }
@@ -618,7 +675,9 @@ mod tests {
         let r = parse(br#"{"model":"m","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"hello there, how are you doing today"}]}],"max_output_tokens":5}"#, Endpoint::Responses, &c).unwrap();
         assert_eq!(r.max_tokens, Some(5));
         assert!(r.blocks.len() >= 2);
-        let e = parse(br#"{"model":"m","input":"some text to embed, long enough for a block"}"#, Endpoint::Embeddings, &c).unwrap();
+        let e =
+            parse(br#"{"model":"m","input":"some text to embed, long enough for a block"}"#, Endpoint::Embeddings, &c)
+                .unwrap();
         assert!(!e.blocks.is_empty());
         let e2 = parse(br#"{"model":"m","input":[[1,2,3],[4]]}"#, Endpoint::Embeddings, &c).unwrap();
         assert!(e2.prompt_tokens > 0);

@@ -608,11 +608,8 @@ impl Router {
                     let key = xxh3_64(k.as_bytes());
                     let total: u64 = cands.iter().map(|c| self.backend(c.slot).in_flight).sum::<u64>() + 1;
                     let cap = (self.policy.weights.load_factor * total as f64 / n as f64).ceil() as u64;
-                    let mut ranked: Vec<(u64, usize)> = cands
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| (mix64(key ^ self.backend(c.slot).id_hash), i))
-                        .collect();
+                    let mut ranked: Vec<(u64, usize)> =
+                        cands.iter().enumerate().map(|(i, c)| (mix64(key ^ self.backend(c.slot).id_hash), i)).collect();
                     ranked.sort_unstable_by(|a, b| b.cmp(a));
                     for (rank, &(_, i)) in ranked.iter().enumerate() {
                         if self.backend(cands[i].slot).in_flight < cap {
@@ -652,11 +649,7 @@ impl Router {
     }
 
     fn least_load(&mut self, cands: &[Cand]) -> usize {
-        self.argmin_tie(
-            cands,
-            |b, _| (b.waiting + b.in_flight + 1) as f64 * b.learned.latency_ewma,
-            0.0,
-        )
+        self.argmin_tie(cands, |b, _| (b.waiting + b.in_flight + 1) as f64 * b.learned.latency_ewma, 0.0)
     }
 
     /// Highest mix64(key ^ backend) wins: stable under fleet changes (only keys of a removed
@@ -876,10 +869,7 @@ impl Router {
             kv("tiers", Snap::Map(tiers)),
             kv("branches", Snap::Map(self.branches.iter().map(|(k, v)| kv(k, *v)).collect())),
             kv("in_flight", self.tickets.len()),
-            kv(
-                "wait_queue",
-                Snap::Map(vec![kv("size", self.wait_queue_size), kv("waiting", self.waiters.len())]),
-            ),
+            kv("wait_queue", Snap::Map(vec![kv("size", self.wait_queue_size), kv("waiting", self.waiters.len())])),
             kv(
                 "index",
                 Snap::Map(vec![

@@ -149,10 +149,13 @@ fn cost_prefers_the_cache_until_queueing_costs_more() {
     assert!(hit.cached_tokens >= 1900, "{}", hit.cached_tokens);
     r.release(hit.ticket, true, 0, 0, 0, 0.0).unwrap();
     // The cached backend's engine reports a long queue: recomputing elsewhere is faster.
-    r.upsert_backend(&warm.backend_id, &upd(|u| {
-        u.waiting = Some(40);
-        u.running = Some(8);
-    }))
+    r.upsert_backend(
+        &warm.backend_id,
+        &upd(|u| {
+            u.waiting = Some(40);
+            u.running = Some(8);
+        }),
+    )
     .unwrap();
     let spread = route(&mut r, &sys, "third question");
     assert_ne!(spread.backend_id, warm.backend_id);
@@ -188,10 +191,13 @@ fn restart_removal_and_capacity_shape_the_index() {
     r.reset_backend(other).unwrap();
     assert_eq!(route(&mut r, &sys, "q").cached_tokens, 0);
     // Capacity from the engine: 4 GPU blocks of 16 tokens = 4 index blocks.
-    r.upsert_backend("b0", &upd(|u| {
-        u.num_gpu_blocks = Some(4);
-        u.block_size = Some(16);
-    }))
+    r.upsert_backend(
+        "b0",
+        &upd(|u| {
+            u.num_gpu_blocks = Some(4);
+            u.block_size = Some(16);
+        }),
+    )
     .unwrap();
     r.set_policy("cost", &[]).unwrap();
     let snap = r.snapshot();
@@ -296,7 +302,9 @@ fn wait_queue_orders_by_priority_then_age() {
     let high = q(&mut r, Tier::High);
     let normal = q(&mut r, Tier::Normal);
     assert_eq!((low.position, high.position, normal.position), (0, 0, 1));
-    assert!(matches!(r.route(req(&r, "s", "u"), Tier::High, None, &[]), Decision::Rejected(ref x) if x.reason == "queue_full"));
+    assert!(
+        matches!(r.route(req(&r, "s", "u"), Tier::High, None, &[]), Decision::Rejected(ref x) if x.reason == "queue_full")
+    );
     // Resuming out of turn keeps the waiter in place.
     assert!(matches!(r.resume(low.wait_id).unwrap(), Decision::Queued(_)));
     let woken = r.release(running.ticket, true, 0, 0, 0, 0.0).unwrap();

@@ -83,7 +83,10 @@ struct Queued {
 #[pymethods]
 impl Queued {
     fn __repr__(&self) -> String {
-        format!("Queued(wait_id={}, tier={:?}, model={:?}, position={})", self.wait_id, self.tier, self.model, self.position)
+        format!(
+            "Queued(wait_id={}, tier={:?}, model={:?}, position={})",
+            self.wait_id, self.tier, self.model, self.position
+        )
     }
 }
 
@@ -214,7 +217,9 @@ impl Router {
     }
 
     #[pyo3(signature = (ticket, ok, prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0, latency_s = 0.0))]
-    #[pyo3(text_signature = "($self, ticket, ok, prompt_tokens=0, cached_tokens=0, completion_tokens=0, latency_s=0.0)")]
+    #[pyo3(
+        text_signature = "($self, ticket, ok, prompt_tokens=0, cached_tokens=0, completion_tokens=0, latency_s=0.0)"
+    )]
     fn release(
         &self,
         ticket: u64,
@@ -224,14 +229,14 @@ impl Router {
         completion_tokens: u64,
         latency_s: f64,
     ) -> PyResult<Vec<u64>> {
-        self.core()
-            .release(ticket, ok, prompt_tokens, cached_tokens, completion_tokens, latency_s)
-            .map_err(to_pyerr)
+        self.core().release(ticket, ok, prompt_tokens, cached_tokens, completion_tokens, latency_s).map_err(to_pyerr)
     }
 
     #[pyo3(signature = (backend_id, *, models = None, healthy = None, draining = None, circuit_open = None,
                         waiting = None, running = None, kv_usage = None, num_gpu_blocks = None, block_size = None))]
-    #[pyo3(text_signature = "($self, backend_id, *, models=None, healthy=None, draining=None, circuit_open=None, waiting=None, running=None, kv_usage=None, num_gpu_blocks=None, block_size=None)")]
+    #[pyo3(
+        text_signature = "($self, backend_id, *, models=None, healthy=None, draining=None, circuit_open=None, waiting=None, running=None, kv_usage=None, num_gpu_blocks=None, block_size=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn upsert_backend(
         &self,
@@ -330,10 +335,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // A Union of single Literals (not Literal[a, b]): that is what the stub's alias means to mypy.
     let typing = py.import("typing")?;
     let literal_union = |values: &[&str]| -> PyResult<Bound<'_, PyAny>> {
-        let lits = values
-            .iter()
-            .map(|v| typing.getattr("Literal")?.get_item(*v))
-            .collect::<PyResult<Vec<_>>>()?;
+        let lits = values.iter().map(|v| typing.getattr("Literal")?.get_item(*v)).collect::<PyResult<Vec<_>>>()?;
         typing.getattr("Union")?.get_item(PyTuple::new(py, lits)?)
     };
     m.add("Endpoint", literal_union(&["chat", "completions", "embeddings", "responses"])?)?;
