@@ -142,7 +142,8 @@ async def test_deterministic_for_a_seed(http: aiohttp.ClientSession) -> None:
                 out.append((body["id"], body["choices"][0]["text"]))
             async with http.post(fleet.urls[0] + "/v1/completions",
                                  json={"prompt": "alpha", "max_tokens": 8, "stream": True}) as r:
-                out.append([e if e == "[DONE]" else e["choices"][0]["text"] for e in await sse_events(r)])
+                # Chunk boundaries depend on timing (late steps merge); the text does not.
+                out.append("".join(e["choices"][0]["text"] for e in (await sse_events(r))[:-1]))
             return out
 
     a, b, c = await run(1), await run(1), await run(2)

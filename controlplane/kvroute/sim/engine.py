@@ -126,10 +126,11 @@ class Request:
 
 
 class Engine:
-    # Real seconds a step may go out late before streamed output is held back and merged, and
-    # the longest it is held.
-    LATE_S = 0.002
-    FLUSH_S = 0.05
+    # Real seconds a step may go out late before streamed output is held back and merged (only a
+    # sustained overload, not the scheduling jitter of a busy machine: clients that count one
+    # chunk per token keep seeing that), and the longest it is held.
+    LATE_S = 0.05
+    FLUSH_S = 0.1
 
     def __init__(self, profile: Profile, clock: SimClock, *, per_token_delay: float | None = None,
                  seed: int = 0, enable_prefix_caching: bool = True, index: int = 0,

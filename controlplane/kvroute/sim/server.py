@@ -113,7 +113,7 @@ class SimInstance:
     async def start(self) -> None:
         # handler_cancellation: a disconnected client cancels its handler, which aborts the
         # request in the engine, as vLLM does for streamed and non-streamed requests alike.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await self._listen()
         self.engine.start()
@@ -131,6 +131,8 @@ class SimInstance:
             self._restart_handle.cancel()
         self._unhang.set()
         await self.engine.stop()
+        # End every open stream now (as a stopped server does) rather than waiting for them.
+        self.engine.reset()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
