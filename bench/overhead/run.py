@@ -242,7 +242,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows = ["| contender | body | seq p50 | seq p99 | added seq p50 | added @rate p50 | added @rate p99 | "
             "router CPU/req @rate | wrk req/s | router CPU/req @wrk | backend CPU/req @rate, @wrk |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, res in results.items():
+    order = [name for name in ("direct", "floor") if name in results]
+    for name in order + [name for name in results if name not in order]:
+        res = results[name]
         for kind in ("chat", "stream"):
             seq, rate, load = res[f"{kind}_sequential"], res[f"{kind}_rate"], res[f"{kind}_wrk"]
             base_seq, base_rate = direct[f"{kind}_sequential"], direct[f"{kind}_rate"]
@@ -255,6 +257,20 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             rows.append(f"| {name} | {kind} | {seq['p50_us']:.0f} µs | {seq['p99_us']:.0f} µs | {added} | {added_rate} | "
                         f"{added_rate99} | {cpu_rate} | {load['req_per_s']:,.0f} | {cpu_wrk} | {backend_cpu} |")
     return "\n".join(rows)
+
+
+async def measure_floor(backend_port: int, backend_pid: int, log_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The byte pipe of floor_proxy.py in front of the same backend: Python's I/O floor on this machine now."""
+    port = procs.free_port()
+    child = procs.Child("floor", [sys.executable, "-m", "bench.overhead.floor_proxy", "--port", str(port),
+                                  "--backend-port", str(backend_port)], log_dir / "floor.log")
+    await child.start()
+    try:
+        await procs.wait_http(f"http://127.0.0.1:{port}/health", child)
+        assert child.proc is not None
+        return await measure("floor", port, child.proc.pid, backend_pid, args)
+    finally:
+        await child.stop()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -278,6 +294,9 @@ async def run(args: argparse.Namespace) -> None:
                                               flags=(*base.flags, "--workers", str(args.workers))))
         if not args.no_sglang:
             chosen.append(contenders.sglang("round_robin"))
+        assert backend.proc is not None
+        print("floor ...", flush=True)
+        results["floor"] = await measure_floor(port, backend.proc.pid, log_dir, args)
         for contender in chosen:
             print(f"{contender.name} ...", flush=True)
             try:
@@ -288,7 +307,6 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 target = int(running.base_url.rsplit(":", 1)[1])
                 pid = running.child.proc.pid if running.child and running.child.proc else None
-                assert backend.proc is not None
                 results[contender.name] = await measure(contender.name, target, pid, backend.proc.pid, args)
             finally:
                 await running.stop()
