@@ -122,6 +122,30 @@ def test_admin_shows_parsed_vllm_metrics(gateway: KvrouteProcess, vllm_pair: lis
         assert state["prefix_cache_hit_rate"] == pytest.approx(metrics.prefix_hit_rate)
 
 
+def test_admin_shows_a_running_request(gateway: KvrouteProcess) -> None:
+    """Non-zero gauges read from a live page: while a long answer streams, its backend shows one
+    running request and some KV cache in use (the idle page above only proves zeros)."""
+    body = {"model": MODEL, "prompt": "Tell a long story", "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    seen = None
+    # The answer lasts a few seconds and the poller reads /metrics every 0.5 s; should the answer
+    # end before a poll caught it, try again (bounded).
+    for _ in range(3):
+        with httpx.stream("POST", gateway.url + "/v1/completions", json=body, timeout=60) as resp:
+            assert resp.status_code == 200
+            for n, _line in enumerate(resp.iter_lines()):
+                if n % 25:
+                    continue
+                busy = [b for b in gateway.admin_backends() if b["running"]]
+                if busy:
+                    seen = busy
+                    break  # closing the stream aborts the rest of the answer
+        if seen:
+            break
+    assert seen is not None, "no poll caught the request running"
+    assert len(seen) == 1 and seen[0]["running"] == 1
+    assert seen[0]["kv_usage"] > 0
+
+
 def run_sequence(url: str, prompts: list[str]) -> None:
     with httpx.Client(base_url=url, timeout=60) as client:
         for prompt in prompts:
