@@ -136,3 +136,42 @@ async def test_sigterm_drains_a_live_stream_to_completion() -> None:
             assert events[-1] == "[DONE]"
             assert not any("error" in json.loads(e) for e in events[:-1])
             assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_retry_budget_stops_retries_from_multiplying_an_outage(scripted) -> None:
+    async def reset(ex: Exchange) -> None:
+        ex.writer.transport.abort()
+
+    bad, good = await scripted(reset), await scripted()
+    # No deposits (budget 0): only the reserve of 10 retries; the breaker stays shut so the bad backend keeps
+    # getting its share.
+    async with running_gateway([bad.url, good.url], retry_budget=0.0, breaker_failures=1000) as gw, \
+            httpx.AsyncClient() as client:
+        statuses = []
+        for _ in range(40):
+            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
+            statuses.append(response.status_code)
+        assert statuses.count(200) + statuses.count(502) == 40
+        assert len(bad.seen) - statuses.count(502) == 10  # exactly the reserve was retried; after it, the 502 stands
+        assert statuses.count(502) > 0
+        assert in_flight(gw) == 0
+
+
+async def test_total_timeout_ends_a_long_stream_with_an_error_event(scripted) -> None:
+    async def trickle(ex: Exchange) -> None:
+        await ex.sse_head()
+        try:
+            while True:
+                await ex.chunk(b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n')
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            ex.backend.gone.set()
+
+    backend = await scripted(trickle)
+    async with running_gateway([backend.url], total_timeout=0.5, idle_timeout=5.0) as gw, \
+            httpx.AsyncClient() as client:
+        response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(stream=True), headers=JSON)
+        error = json.loads(sse_payloads(response.content)[-1])["error"]
+        assert "total_timeout" in error["message"]
+        await eventually(lambda: backend.gone.is_set(), "upstream request closed")
+        assert in_flight(gw) == 0
