@@ -83,7 +83,7 @@ async def test_router_parser_reads_sim_metrics(http: aiohttp.ClientSession) -> N
         stream = await http.post(url + "/v1/completions",
                                  json={"prompt": list(range(500, 900)), "max_tokens": 5000, "stream": True})
         await stream.content.readuntil(b"\n\n")
-        eng.paused = True  # freeze the engine (after the step in flight) so both reads agree
+        eng.pause()  # freeze the engine (after the step in flight) so both reads agree
         steps = eng.stats.steps
         await until(lambda: eng.stats.steps > steps)
         async with http.get(url + "/metrics") as r:

@@ -173,6 +173,14 @@ class Engine:
                 pass
             self._task = None
 
+    def pause(self) -> None:
+        """Stop stepping after the step in flight (a hung GPU, or a crashed server)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wake.set()
+
     def reset(self) -> None:
         """A restarted vLLM: every request dropped, the cache empty, counters from zero."""
         for req in list(self.waiting) + list(self.running):

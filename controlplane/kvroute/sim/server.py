@@ -142,9 +142,9 @@ class SimInstance:
     # -- faults ----------------------------------------------------------------------------
 
     async def set_fault(self, mode: str, value: float | None = None) -> None:
-        """crash [value: seconds until it comes back, default never]; hang; error_rate value in
-        [0, 1]; slow value (step time factor >= 1... any > 0); metrics_fail; metrics_stale;
-        restart [value: seconds down, default 0]; none (clears all, brings a crashed one back)."""
+        """crash [value: seconds until it comes back, default never]; restart [value: seconds
+        down, default 0]; hang; error_rate (value in [0, 1]); slow (value: factor on step time);
+        metrics_fail; metrics_stale; none (clears all, brings a crashed instance back)."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(FAULT_MODES)}")
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
@@ -155,7 +155,7 @@ class SimInstance:
             await self._crash(value if value is not None else 0.0)
         elif mode == "hang":
             self._unhang.clear()
-            self.engine.paused = True
+            self.engine.pause()
         elif mode == "error_rate":
             if value is None or value > 1:
                 raise ValueError("error_rate needs 'value' in [0, 1]")
@@ -169,15 +169,18 @@ class SimInstance:
         elif mode == "metrics_stale":
             self.stale_metrics = self._render_metrics()
         elif mode == "none":
-            self.error_rate = 0.0
-            self.engine.slow = 1.0
-            self.metrics_fail = False
-            self.stale_metrics = None
-            self.engine.paused = False
-            self.engine._wake.set()
-            self._unhang.set()
             if self.crashed:
                 await self._come_back()
+            else:
+                self._clear_faults()
+
+    def _clear_faults(self) -> None:
+        self.error_rate = 0.0
+        self.engine.slow = 1.0
+        self.metrics_fail = False
+        self.stale_metrics = None
+        self._unhang.set()
+        self.engine.resume()
 
     async def _crash(self, down_for: float | None) -> None:
         """Stop listening and drop every open connection (clients see a reset), lose all state."""
@@ -196,7 +199,7 @@ class SimInstance:
                     if handler.transport is not None:
                         handler.transport.abort()
             self.engine.reset()
-            self.engine.paused = True
+            self.engine.pause()
         if down_for is not None:
             loop = asyncio.get_running_loop()
             # The coroutine is made when the timer fires: a cancelled timer leaves none un-awaited.
@@ -215,12 +218,7 @@ class SimInstance:
         if not self.crashed:
             return
         self.engine.reset()
-        self.engine.paused = False
-        self.error_rate = 0.0
-        self.engine.slow = 1.0
-        self.metrics_fail = False
-        self.stale_metrics = None
-        self._unhang.set()
+        self._clear_faults()
         self.created = time.time()
         await self._listen()
         self.crashed = False
