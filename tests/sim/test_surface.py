@@ -176,3 +176,21 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_eos_probability_and_ignore_eos(http: aiohttp.ClientSession) -> None:
+    async with SimFleet(instances=1, per_token_delay=0.0005, eos_probability=0.2) as fleet:
+        url = fleet.urls[0] + "/v1/completions"
+        lengths, reasons = [], set()
+        for i in range(30):
+            async with http.post(url, json={"prompt": f"p{i}", "max_tokens": 40}) as r:
+                body = await r.json()
+            lengths.append(body["usage"]["completion_tokens"])
+            reasons.add(body["choices"][0]["finish_reason"])
+        assert "stop" in reasons and min(lengths) >= 1 and max(lengths) <= 40
+        assert sum(lengths) / len(lengths) < 10  # mean of a geometric(0.2) capped at 40 is ~5
+        async with http.post(url, json={"prompt": "p0", "max_tokens": 40, "ignore_eos": True}) as r:
+            body = await r.json()
+        assert body["usage"]["completion_tokens"] == 40 and body["choices"][0]["finish_reason"] == "length"
+        async with http.post(url, json={"prompt": "p0", "max_tokens": 40}) as r:
+            assert (await r.json())["usage"]["completion_tokens"] == lengths[0]  # deterministic

@@ -27,6 +27,9 @@ def build_parser(prog: str = "kvroute sim") -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="a tokenizers JSON file (default: built-in ~4 bytes/token)")
     p.add_argument("--default-max-tokens", type=int, default=128,
                    help="answer length when a request sets no max_tokens (finish_reason stop)")
+    p.add_argument("--eos-probability", type=float, default=0.0,
+                   help="chance of EOS after each token (answers end early with finish_reason stop, unless the "
+                        "request sets ignore_eos); default 0: EOS is ignored and answers run to max_tokens")
     p.add_argument("--no-prefix-caching", action="store_true", help="like vLLM's --no-enable-prefix-caching")
     for flag, typ in (("block-size", int), ("num-gpu-blocks", int), ("max-num-seqs", int),
                       ("max-num-batched-tokens", int), ("max-model-len", int)):
@@ -43,6 +46,7 @@ async def _serve(args: argparse.Namespace) -> int:
                      model=args.model or ["sim-model"], time_scale=args.time_scale,
                      per_token_delay=args.per_token_delay, seed=args.seed, host=args.host,
                      tokenizer=args.tokenizer, default_max_tokens=args.default_max_tokens,
+                     eos_probability=args.eos_probability,
                      enable_prefix_caching=not args.no_prefix_caching,
                      **{k: v for k, v in overrides.items() if v is not None})
     stop = asyncio.Event()

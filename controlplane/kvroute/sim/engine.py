@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -134,13 +135,16 @@ class Engine:
 
     def __init__(self, profile: Profile, clock: SimClock, *, per_token_delay: float | None = None,
                  seed: int = 0, enable_prefix_caching: bool = True, index: int = 0,
-                 default_max_tokens: int = 128) -> None:
+                 default_max_tokens: int = 128, eos_probability: float = 0.0) -> None:
         self.profile = profile
         self.clock = clock
         self.per_token_delay = per_token_delay
         self.seed = seed
         self.index = index
         self.default_max_tokens = default_max_tokens
+        if not 0.0 <= eos_probability <= 1.0:
+            raise ValueError("eos_probability must be in [0, 1]")
+        self.eos_probability = eos_probability
         self.block_size = profile.block_size
         self.num_gpu_blocks = profile.kv_blocks()
         self.kv = KVCache(self.num_gpu_blocks, self.block_size, enable_prefix_caching)
@@ -207,7 +211,7 @@ class Engine:
         return None
 
     def add_request(self, prompt: list[int], max_tokens: int | None, req_id: str | None = None,
-                    stream: bool = False) -> Request:
+                    stream: bool = False, ignore_eos: bool = False) -> Request:
         if not prompt:
             raise ValueError("empty prompt")
         if max_tokens is None:
@@ -216,6 +220,12 @@ class Engine:
             n, reason = max_tokens, "length"
         # Same seed and prompt give the same answer, whatever else the engine is doing.
         rng = random.Random(hash((self.seed, len(prompt), tuple(prompt))))
+        p = self.eos_probability
+        if p > 0 and not ignore_eos:
+            # EOS sampled with probability p after every token: a geometric answer length.
+            eos_at = 1 if p >= 1 else 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p))
+            if eos_at < n:
+                n, reason = eos_at, "stop"
         vocab = self.output_vocab or [0]
         out = rng.choices(vocab, k=n)
         if req_id is None:

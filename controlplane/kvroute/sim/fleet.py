@@ -25,7 +25,7 @@ class SimFleet:
     def __init__(self, instances: int = 1, base_port: int = 0, profile: str | Profile | None = "qwen2.5-1.5b-l4",
                  model: str | list[str] = "sim-model", time_scale: float = 1.0,
                  per_token_delay: float | None = None, seed: int = 0, host: str = "127.0.0.1",
-                 tokenizer: str | None = None, default_max_tokens: int = 128,
+                 tokenizer: str | None = None, default_max_tokens: int = 128, eos_probability: float = 0.0,
                  enable_prefix_caching: bool = True, **engine_overrides: Any) -> None:
         unknown = set(engine_overrides) - set(ENGINE_OVERRIDES)
         if unknown:
@@ -42,6 +42,7 @@ class SimFleet:
         self.host = host
         self.tokenizer_path = tokenizer
         self.default_max_tokens = default_max_tokens
+        self.eos_probability = eos_probability
         self.enable_prefix_caching = enable_prefix_caching
         self.instances: list[SimInstance] = []
         self.clock: SimClock | None = None
@@ -59,6 +60,7 @@ class SimFleet:
                     i, host=self.host, port=self.base_port + i if self.base_port else 0, clock=self.clock,
                     profile=self.profile, models=self.models, tokenizer=tok, seed=self.seed,
                     per_token_delay=self.per_token_delay, default_max_tokens=self.default_max_tokens,
+                    eos_probability=self.eos_probability,
                     enable_prefix_caching=self.enable_prefix_caching)
                 await inst.start()
                 self.instances.append(inst)

@@ -66,7 +66,7 @@ class SimInstance:
     def __init__(self, index: int, *, host: str, port: int, clock: SimClock, profile: Profile,
                  models: list[str], tokenizer: Tokenizer, seed: int = 0,
                  per_token_delay: float | None = None, default_max_tokens: int = 128,
-                 enable_prefix_caching: bool = True) -> None:
+                 eos_probability: float = 0.0, enable_prefix_caching: bool = True) -> None:
         self.index = index
         self.host = host
         self.port = port
@@ -74,7 +74,7 @@ class SimInstance:
         self.tokenizer = tokenizer
         self.profile = profile
         self.engine = Engine(profile, clock, per_token_delay=per_token_delay, seed=seed, index=index,
-                             default_max_tokens=default_max_tokens,
+                             default_max_tokens=default_max_tokens, eos_probability=eos_probability,
                              enable_prefix_caching=enable_prefix_caching)
         self.engine.output_vocab = tokenizer.output_ids()
         self._rng = random.Random(f"{seed}:{index}:faults")  # str seeds are hashed stably (sha512)
@@ -348,7 +348,7 @@ class SimInstance:
         raise BadRequest("'prompt' must be a non-empty string or list of token ids "
                          "(batches of more than one prompt are not simulated)", param="prompt")
 
-    def _parse(self, body: dict[str, Any], chat: bool) -> tuple[str, list[int], int | None, bool, bool]:
+    def _parse(self, body: dict[str, Any], chat: bool) -> tuple[str, list[int], int | None, bool, bool, bool]:
         model = body.get("model")
         if model is None:
             model = self.models[0]
@@ -365,6 +365,9 @@ class SimInstance:
             if not isinstance(opts, dict):
                 raise BadRequest("'stream_options' must be an object", param="stream_options")
             include_usage = bool(opts.get("include_usage", False))
+        ignore_eos = body.get("ignore_eos", False)  # vLLM's extension to the OpenAI API
+        if not isinstance(ignore_eos, bool):
+            raise BadRequest("'ignore_eos' must be a boolean", param="ignore_eos")
         n = body.get("n", 1)
         if n != 1:
             raise BadRequest("only n=1 is simulated", param="n")
@@ -373,7 +376,7 @@ class SimInstance:
         err = self.engine.max_prompt_error(len(ids), max_tokens)
         if err:
             raise BadRequest(err, param="max_tokens" if max_tokens else "messages" if chat else "prompt")
-        return model, ids, max_tokens, stream, include_usage
+        return model, ids, max_tokens, stream, include_usage, ignore_eos
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         await self._unhang.wait()
@@ -381,12 +384,12 @@ class SimInstance:
             return error_response("simulated internal error", 500, "InternalServerError")
         try:
             body = await self._read_body(request)
-            model, ids, max_tokens, stream, include_usage = self._parse(body, chat)
+            model, ids, max_tokens, stream, include_usage, ignore_eos = self._parse(body, chat)
         except BadRequest as e:
             return error_response(str(e), e.status, e.type, e.param)
         prefix = "chatcmpl-" if chat else "cmpl-"
         rid = request.headers.get("X-Request-Id") or f"{self._id_rng.getrandbits(128):032x}"
-        req = self.engine.add_request(ids, max_tokens, req_id=prefix + rid, stream=stream)
+        req = self.engine.add_request(ids, max_tokens, req_id=prefix + rid, stream=stream, ignore_eos=ignore_eos)
         try:
             if stream:
                 return await self._stream(request, req, model, chat, include_usage)
