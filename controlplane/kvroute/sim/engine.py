@@ -161,6 +161,7 @@ class Engine:
         self._admitted: list[Request] = []
         self._held = False
         self._last_flush = 0.0
+        self._tape: list[int] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -226,8 +227,7 @@ class Engine:
             eos_at = 1 if p >= 1 else 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p))
             if eos_at < n:
                 n, reason = eos_at, "stop"
-        vocab = self.output_vocab or [0]
-        out = rng.choices(vocab, k=n)
+        out = self._answer(rng, n)
         if req_id is None:
             req_id = f"sim-{self.index}-{self._next_id}"
         self._next_id += 1
@@ -238,6 +238,20 @@ class Engine:
         self.stats.requests += 1
         self._wake.set()
         return req
+
+    def _answer(self, rng: random.Random, n: int) -> list[int]:
+        """n output ids: a window of a seeded random tape of the output vocabulary, at an offset
+        drawn from the request's own generator (a slice, not n random draws per request)."""
+        tape = self._tape
+        if not tape:
+            vocab = self.output_vocab or [0]
+            tape = self._tape = random.Random(f"{self.seed}:tape").choices(vocab, k=1 << 16)
+        out: list[int] = []
+        off = rng.randrange(len(tape))
+        while len(out) < n:
+            out += tape[off : off + n - len(out)]
+            off = 0
+        return out
 
     def abort(self, req: Request) -> None:
         """The client went away: drop the request and free its blocks, as vLLM does."""
@@ -351,31 +365,37 @@ class Engine:
         return d * self.slow
 
     def _complete(self, sched: list[tuple[Request, int]], now: float, hold: bool = False) -> None:
+        # The per-token hot path of the whole simulator: keep it to attribute reads and appends.
         bs = self.block_size
         kv = self.kv
         st = self.stats
         done = False
+        generated = 0
         for req, n in sched:
             if req.status != RUNNING:
                 continue  # aborted while the step ran
-            req.num_computed += n
-            full = req.num_computed // bs
+            computed = req.num_computed + n
+            req.num_computed = computed
+            tokens = req.tokens
+            full = computed // bs
             if full > req.num_cached_blocks:
-                if len(req.hashes) < full:
-                    chain_hashes(None, req.tokens, bs, len(req.hashes), req.hashes)
-                kv.cache_blocks(req.blocks, req.hashes, req.num_cached_blocks, full)
+                hashes = req.hashes
+                if len(hashes) < full:
+                    chain_hashes(None, tokens, bs, len(hashes), hashes)
+                kv.cache_blocks(req.blocks, hashes, req.num_cached_blocks, full)
                 req.num_cached_blocks = full
-            if req.num_computed < len(req.tokens):
+            if computed < len(tokens):
                 continue  # a chunk of a longer prefill: no token yet
-            req.tokens.append(req.out_ids[req.num_out])
-            req.num_out += 1
-            st.generation_tokens += 1
+            k = req.num_out
+            tokens.append(req.out_ids[k])
+            req.num_out = k = k + 1
+            generated += 1
             if req.first_token_at is None:
                 req.first_token_at = now
                 st.prompt_tokens += req.num_prompt
                 st.prompt_cached += min(req.cached_tokens, req.num_prompt)
                 st.ttft.observe(now - req.arrival)
-            if req.num_out >= req.max_tokens:
+            if k >= req.max_tokens:
                 self._finish(req, req.length_reason, now=now)
                 done = True
             elif hold:
@@ -384,6 +404,7 @@ class Engine:
                 req.sink(req)
             elif req.stream:
                 req.event.set()
+        st.generation_tokens += generated
         if done:
             self.running = [r for r in self.running if r.status == RUNNING]
 
