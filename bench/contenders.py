@@ -117,7 +117,14 @@ def versions() -> dict[str, str]:
     """Versions of every contender's software, for the report."""
     from importlib import metadata
 
+    import subprocess
+
     out = {"kvroute": metadata.version("kvroute"), "sglang-router": sglang_env.SGLANG_ROUTER_VERSION}
+    # The package version does not move while the project is built; the commit does.
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent)
+    if git.returncode == 0:
+        out["kvroute commit"] = git.stdout.strip()
     try:
         import kvroute
 
