@@ -224,6 +224,9 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
     for (workload, mode), table in sorted(agg.items()):
         names = _contenders(table, order)
         xs = sorted(table)
+        # An open loop is plotted against the load it offered (fleet requests/s), not the trace speedup.
+        offered = {p["x"]: p["params"]["requests"] / p["params"]["span_s"] for p in data["points"]
+                   if p["workload"] == workload and p["mode"] == mode and p["params"].get("span_s")}
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
         for ax, metric in zip(axes, ("ttft_p50_s", "ttft_p99_s", "throughput_rps")):
             title, scale, unit, _ = METRICS[metric]
@@ -231,7 +234,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
                 pts = [(x, table[x][name][metric]) for x in xs if name in table[x] and table[x][name][metric].ok]
                 if not pts:
                     continue
-                px = [x for x, _ in pts]
+                px = [offered.get(x, x) if mode == "open" else x for x, _ in pts]
                 mean = [c.mean * scale for _, c in pts]
                 err = [[(c.mean - c.low) * scale for _, c in pts], [(c.high - c.mean) * scale for _, c in pts]]
                 style = "-" if name.startswith("kvroute") else "--" if name.startswith("sglang") else ":"
@@ -241,7 +244,14 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(xs)
                 ax.set_xticklabels([f"{x:g}" for x in xs])
-            ax.set_xlabel(_axis(mode))
+            if mode == "open" and offered:
+                ax.set_xlabel("offered load, fleet requests/s")
+                if metric != "throughput_rps":
+                    ax.set_yscale("log")
+            else:
+                ax.set_xlabel(_axis(mode))
+            if metric == "throughput_rps":
+                ax.set_ylim(bottom=0)
             ax.set_ylabel(unit)
             ax.set_title(f"{workload}: {title}")
             ax.grid(True, alpha=0.3)
