@@ -134,12 +134,14 @@ def targets(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]])
     return lines
 
 
-def markdown(data: dict[str, Any], plots: list[str]) -> str:
+def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", level: int = 1) -> str:
+    """The report; `level` is the depth of its title (docs nest it), `image_prefix` leads plot paths."""
+    h = "#" * level
     meta = data["meta"]
     agg = aggregate(data["points"])
     order = [c["name"] for c in meta["contenders"]]
     fleet = meta["fleet"]
-    out = [f"# kvroute benchmark: suite `{meta['suite']}`", ""]
+    out = [f"{h} kvroute benchmark: suite `{meta['suite']}`", ""]
     out += [f"- command: `{meta['command']}`",
             f"- started {meta['started']}, took {meta.get('duration_s', 0) / 60:.1f} min",
             f"- machine: {meta['machine']['nproc']} cores, {meta['machine']['cpu']}, Python {meta['machine']['python']}",
@@ -148,11 +150,14 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
             f"is in the fleet's time (wall seconds × the scale)",
             f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
             f"- repeats per point: {meta['repeats']} (cells: mean ±half-range)", ""]
-    out += ["## Targets", ""] + targets(agg) + [""]
+    if meta["suite"] != "standard":
+        out += ["This suite checks that the instrument works; its points are too small for the verdicts "
+                "below to mean anything. `--suite standard` makes the numbers to quote.", ""]
+    out += [f"{h}# Targets", ""] + targets(agg) + [""]
     for (workload, mode), table in sorted(agg.items()):
         sweep: dict[str, Any] = next((s for s in meta["sweeps"] if s["workload"] == workload and s["mode"] == mode), {})
         names = _contenders(table, order)
-        out += [f"## {workload} ({'closed loop' if mode == 'closed' else 'open loop'})", ""]
+        out += [f"{h}# {workload} ({'closed loop' if mode == 'closed' else 'open loop'})", ""]
         scale = sweep.get("time_scale") or fleet["time_scale"]
         params: dict[str, Any] = next((p["params"] for p in data["points"] if p["workload"] == workload and p["mode"] == mode), {})
         shown = {k: v for k, v in params.items() if k not in ("path", "speedup", "time_scale")}
@@ -180,7 +185,7 @@ def markdown(data: dict[str, Any], plots: list[str]) -> str:
             out += ["Errors: " + "; ".join([f"{n} at {x:g}: {e:g} failed requests" for x, n, e in errors] +
                                             [f"{n} at {x:g}: {e}" for x, n, e in failed]), ""]
     if plots:
-        out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+        out += [f"{h}# Plots", ""] + [f"![{Path(p).stem}]({image_prefix}{p})" for p in plots] + [""]
     return "\n".join(out)
 
 
@@ -290,3 +295,37 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
 def write(data: dict[str, Any], out: Path) -> None:
     files = plot(data, out)
     (out / "report.md").write_text(markdown(data, files))
+
+
+BEGIN, END = "<!-- bench:standard:begin -->", "<!-- bench:standard:end -->"
+
+
+def update_doc(run: Path, doc: Path) -> None:
+    """Put a run's report into `doc` between the BEGIN/END markers, plots linked from the doc's folder."""
+    import json
+
+    data = json.loads((run / "results.json").read_text())
+    plots = sorted(p.name for p in run.glob("*.png"))
+    prefix = os.path.relpath(run.resolve(), doc.resolve().parent) + "/"
+    section = markdown(data, plots, image_prefix=prefix, level=3)
+    text = doc.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    doc.write_text(text[:start] + "\n" + section + "\n" + text[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description="rewrite a run's report")
+    parser.add_argument("run", type=Path, help="a results directory (holds results.json)")
+    parser.add_argument("--update-doc", type=Path, help="also put it into this document between its markers")
+    args = parser.parse_args(argv)
+    write(json.loads((args.run / "results.json").read_text()), args.run)
+    if args.update_doc:
+        update_doc(args.run, args.update_doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
