@@ -175,3 +175,18 @@ async def test_total_timeout_ends_a_long_stream_with_an_error_event(scripted) ->
         assert "total_timeout" in error["message"]
         await eventually(lambda: backend.gone.is_set(), "upstream request closed")
         assert in_flight(gw) == 0
+
+
+async def test_a_response_delimited_by_close_is_complete_not_a_failure(scripted) -> None:
+    async def old_style(ex: Exchange) -> None:
+        await ex.send(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"ok":true}')
+        ex.writer.close()
+
+    backend = await scripted(old_style)
+    async with running_gateway([backend.url]) as gw, httpx.AsyncClient() as client:
+        for _ in range(2):
+            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
+            assert response.status_code == 200
+            assert response.json() == {"ok": True}
+        assert len(backend.seen) == 2  # no retries: each answer was whole
+        assert in_flight(gw) == 0

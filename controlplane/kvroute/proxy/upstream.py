@@ -90,17 +90,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamError("reset", f"backend sent invalid HTTP: {exc}"))
             self.abort()
 
-    def eof_received(self) -> bool:
-        # A response without a length ends at EOF; the parser needs to hear about it.
-        if self.headers_done and not self.complete:
-            try:
-                self.parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.headers_done and not self.complete and exc is None and self._until_close():
+            # A response with neither a length nor chunks ends when the backend closes (HTTP/1.0 style);
+            # httptools does not report that end itself.
+            self.complete = True
+            self.keep_alive = False
+            self._wake()
         if not self.complete:
             self._fail(UpstreamError("reset", "backend closed the connection" + (f": {exc}" if exc else "")))
         self.pool._forget(self)
@@ -138,6 +135,12 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.transport.write(head)
             self.transport.write(body)
+
+    def _until_close(self) -> bool:
+        if self.status in (204, 304) or self.status < 200:
+            return False
+        encoding = self.header(b"transfer-encoding")
+        return self.header(b"content-length") is None and (encoding is None or b"chunked" not in encoding.lower())
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
