@@ -85,10 +85,8 @@ def test_simulator_prefix_hits_match_vllm(vllm_pair: list[vllm_fleet.VllmServer]
 # 2048-token step budget (vLLM CPU's default), so the third document's first prefill is chunked
 # over two steps. vLLM caches a request's full blocks when it *schedules* them (allocate_slots ->
 # cache_blocks(num_computed + num_new), vllm/v1/core/kv_cache_manager.py), so a repeat admitted
-# later in the same step hits them; the simulator caches them after the step ran (sim/engine.py),
-# so that repeat misses 7 blocks: vLLM 5376 hit tokens in every run, the simulator 4480.
-# Not strict: concurrent arrival could in principle spread the burst over more steps.
-@pytest.mark.xfail(strict=False, reason="sim caches blocks after the step, vLLM at scheduling (reported to sim)")
+# later in the same step hits them: 5376 hit tokens in every run. The simulator used to cache them
+# after the step ran and reported 4480; it now caches at scheduling too (tests/sim/test_cache.py).
 def test_simulator_prefix_hits_match_vllm_concurrent(vllm_pair: list[vllm_fleet.VllmServer], sim_url: str) -> None:
     prompts = [f"{workload.text(f'mixed-doc{i % 3}', 300)} q{i}" for i in range(9)]
     real = hits_for_burst(vllm_pair[0].url, prompts)

@@ -166,3 +166,48 @@ async def test_late_steps_merge_streamed_output(http: aiohttp.ClientSession) -> 
         assert max(len(t.split()) for t in texts) >= 10
         assert sum(len(t.split()) for t in texts) == 59
         assert fleet.instances[0].engine.stats.lag_max_s > 0.1
+
+
+async def finish_all(reqs: list) -> None:
+    for req in reqs:
+        while req.finished_at is None:
+            await req.event.wait()
+            req.event.clear()
+
+
+async def test_blocks_cached_when_scheduled_not_after_the_step() -> None:
+    # vLLM caches a request's full blocks when it schedules them (allocate_slots ->
+    # cache_blocks(num_computed + num_new)), so a request admitted later in the same step hits
+    # blocks another request is prefilling in that very step. Mirrors the real-vLLM tier's burst
+    # (tests/real_vllm/test_real_vllm_3_simulator.py): 9 requests over 3 documents of 949, 985 and
+    # 968 tokens, block size 128 (7 full blocks each), vLLM CPU's 2048-token step budget.
+    bs = 128
+    docs = [list(range(d * 10_000, d * 10_000 + n)) for d, n in enumerate((947, 983, 966))]
+    prompts = [docs[i % 3] + [90_000 + i, 90_100 + i] for i in range(9)]
+    async with SimFleet(instances=1, per_token_delay=0.001, block_size=bs, num_gpu_blocks=16384,
+                        max_num_batched_tokens=2048) as fleet:
+        eng = fleet.instances[0].engine
+        # Added without yielding to the event loop: all nine wait when the first step is scheduled.
+        reqs = [eng.add_request(p, 8) for p in prompts]
+        await finish_all(reqs)
+        hits = eng.stats.prefix_hits
+    # Step 1: r0 (949) and r1 (985) prefill whole, caching 7 blocks each; r2 gets the last 114
+    # tokens of budget (no full block yet). Step 2: running first, r2's remaining 854 tokens are
+    # scheduled and its 7 blocks cached at once; then r3..r8 are admitted in the same step and
+    # all hit 7 blocks, r5 and r8 included (with caching after the step they would miss: 3584).
+    assert [r.cached_tokens for r in reqs] == [0, 0, 0] + [7 * bs] * 6
+    assert hits == 6 * 7 * bs == 5376
+    assert reqs[2].scheduled_at < reqs[5].scheduled_at == reqs[3].scheduled_at == reqs[8].scheduled_at
+
+
+async def test_same_step_admissions_share_a_prefix() -> None:
+    # Two identical prompts admitted in the same step: the first one's blocks are cached as it is
+    # scheduled, so the second one's lookup, later in that step, already hits them (in vLLM too:
+    # its waiting loop looks each request up just before allocating it).
+    a = list(range(500, 540))  # 40 tokens: 2 full blocks of 16
+    async with SimFleet(instances=1, per_token_delay=0.001) as fleet:
+        eng = fleet.instances[0].engine
+        reqs = [eng.add_request(a, 2), eng.add_request(a + [7], 2)]
+        await finish_all(reqs)
+    assert reqs[0].scheduled_at == reqs[1].scheduled_at
+    assert [r.cached_tokens for r in reqs] == [0, 32]

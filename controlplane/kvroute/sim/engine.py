@@ -4,7 +4,9 @@ Each step: running requests first (a decoding one needs one token, a prefilling 
 of its prompt up to the token budget); when a running request cannot get KV blocks, the newest
 running request is preempted (its blocks freed, recomputed later from the front of the waiting
 queue). Then, if nobody was preempted, waiting requests are admitted in order while the budget,
-`max_num_seqs` and free blocks allow, each starting from its longest cached prefix. The step
+`max_num_seqs` and free blocks allow, each starting from its longest cached prefix. A request's
+full blocks enter the prefix cache when they are scheduled, not when the step has run (as in
+vLLM), so a request admitted later in a step hits what an earlier one prefills in it. The step
 lasts as long as the profile says for its new tokens and context; at its end every request
 whose prompt is fully computed gets one new token.
 """
@@ -299,19 +301,23 @@ class Engine:
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(len(req.tokens) - req.num_computed, budget)
-            if req.num_computed + n <= len(req.blocks) * bs:
+            upto = req.num_computed + n
+            if upto <= len(req.blocks) * bs:
                 # The common decode step: the token fits in the request's last block.
+                if upto // bs > req.num_cached_blocks:
+                    self._cache_full_blocks(req, upto)
                 out.append((req, n))
                 budget -= n
                 i += 1
                 continue
-            while not kv.allocate(req.blocks, [], req.num_computed + n):
+            while not kv.allocate(req.blocks, [], upto):
                 victim = running.pop()
                 self._preempt(victim)
                 preempted = True
                 if victim is req:
                     break
             else:
+                self._cache_full_blocks(req, upto)
                 out.append((req, n))
                 budget -= n
                 i += 1
@@ -333,6 +339,7 @@ class Engine:
             running.append(req)
             req.status = RUNNING
             req.num_computed = computed
+            self._cache_full_blocks(req, computed + n)
             if req.cached_tokens < 0:
                 # vLLM counts prefix queries and hits for new requests only, not re-admissions.
                 req.cached_tokens = computed
@@ -342,6 +349,22 @@ class Engine:
             out.append((req, n))
             budget -= n
         return out
+
+    def _cache_full_blocks(self, req: Request, num_tokens: int) -> None:
+        """Register the request's full blocks up to `num_tokens` in the prefix cache, at the moment
+        they are *scheduled*, before the step computes them: vLLM's allocate_slots calls
+        cache_blocks(request, num_computed + num_new) (vllm/v1/core/kv_cache_manager.py). So a
+        request admitted later in the same step (running requests are scheduled first, then the
+        waiting queue in order) already hits blocks another request is prefilling in that step."""
+        bs = self.block_size
+        full = num_tokens // bs
+        if full <= req.num_cached_blocks:
+            return
+        hashes = req.hashes
+        if len(hashes) < full:
+            chain_hashes(None, req.tokens, bs, len(hashes), hashes)  # generated tokens' blocks
+        self.kv.cache_blocks(req.blocks, hashes, req.num_cached_blocks, full)
+        req.num_cached_blocks = full
 
     def _preempt(self, req: Request) -> None:
         self.kv.release(req.blocks)
@@ -366,8 +389,7 @@ class Engine:
 
     def _complete(self, sched: list[tuple[Request, int]], now: float, hold: bool = False) -> None:
         # The per-token hot path of the whole simulator: keep it to attribute reads and appends.
-        bs = self.block_size
-        kv = self.kv
+        # (Full blocks were already cached when the step was scheduled: _cache_full_blocks.)
         st = self.stats
         done = False
         generated = 0
@@ -377,13 +399,6 @@ class Engine:
             computed = req.num_computed + n
             req.num_computed = computed
             tokens = req.tokens
-            full = computed // bs
-            if full > req.num_cached_blocks:
-                hashes = req.hashes
-                if len(hashes) < full:
-                    chain_hashes(None, tokens, bs, len(hashes), hashes)
-                kv.cache_blocks(req.blocks, hashes, req.num_cached_blocks, full)
-                req.num_cached_blocks = full
             if computed < len(tokens):
                 continue  # a chunk of a longer prefill: no token yet
             k = req.num_out
