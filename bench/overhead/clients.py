@@ -18,7 +18,7 @@ import aiohttp
 import uvloop
 
 from bench import procs
-from bench.overhead.run import CHAT, RESULTS, summary_us
+from bench.overhead.run import CHAT, LOGS, summary_us
 from kvroute.proxy.upstream import UpstreamPool
 
 
@@ -60,7 +60,7 @@ async def aiohttp_session(port: int, n: int) -> tuple[list[float], float]:
 async def run(n: int) -> None:
     port = procs.free_port()
     backend = procs.Child("instant", [sys.executable, "-m", "bench.overhead.instant_backend", "--port", str(port)],
-                          RESULTS / "clients-logs" / "instant.log")
+                          LOGS / "clients-instant.log")
     await backend.start()
     try:
         await procs.wait_http(f"http://127.0.0.1:{port}/health", backend)

@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from bench.run import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+# Child processes' logs: kept out of the tree (only results are worth committing).
+LOGS = Path(tempfile.gettempdir()) / "kvroute-bench-overhead"
 CHAT = json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "You are a helpful assistant."},
                                                 {"role": "user", "content": "Hello! Who are you?"}],
                    "max_tokens": 16}, separators=(",", ":"))
@@ -280,7 +283,7 @@ async def run(args: argparse.Namespace) -> None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     load_before = os.getloadavg()
-    log_dir = RESULTS / f"overhead-{stamp}-logs"
+    log_dir = LOGS / f"overhead-{stamp}"
     port = procs.free_port()
     backend = procs.Child("instant", [sys.executable, "-m", "bench.overhead.instant_backend", "--port", str(port)],
                           log_dir / "instant.log")
