@@ -190,3 +190,28 @@ async def test_a_response_delimited_by_close_is_complete_not_a_failure(scripted)
             assert response.json() == {"ok": True}
         assert len(backend.seen) == 2  # no retries: each answer was whole
         assert in_flight(gw) == 0
+
+
+async def test_streams_still_running_after_the_grace_period_end_with_an_error_event(scripted) -> None:
+    async def endless(ex: Exchange) -> None:
+        await ex.sse_head()
+        try:
+            while True:
+                await ex.chunk(b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n')
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            ex.backend.gone.set()
+
+    backend = await scripted(endless)
+    async with running_gateway([backend.url]) as gw:
+        body = chat_body(stream=True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%b" % (len(body), body))
+        assert b"delta" in await reader.readuntil(b"\n\n")
+        await gw.proxy.close(0.2)  # what SIGTERM does, with a short grace period
+        rest = await reader.read(-1)
+        writer.close()
+        assert b'"code": "shutdown"' in rest and rest.endswith(b"0\r\n\r\n")
+        await eventually(lambda: backend.gone.is_set(), "upstream request closed")
+        assert in_flight(gw) == 0

@@ -202,11 +202,11 @@ class ClientConnection(asyncio.Protocol):
                 try:
                     await dispatch(self, request)
                 except asyncio.CancelledError:
-                    self._end_cut_off(request)
+                    self._end_cut_off(request, 503, "the router is shutting down", "shutdown")
                     return
                 except Exception:
                     log.exception("unhandled error serving %s", request.path.decode(errors="replace"))
-                    self._end_cut_off(request)
+                    self._end_cut_off(request, 500, "internal error in the router", "internal_error")
                     return
                 if not request.keep_alive or self.server.draining or self.closed:
                     self.close()
@@ -221,15 +221,14 @@ class ClientConnection(asyncio.Protocol):
             self.current = None
             self.task = None
 
-    def _end_cut_off(self, request: Request) -> None:
+    def _end_cut_off(self, request: Request, status: int, message: str, code: str) -> None:
         """A request ended early (shutdown past the grace period, or a bug): say so if the client is still there."""
         if not self.closed:
             if request.streaming:
-                event = error_event("the router is shutting down; the stream was cut off", "api_error", "shutdown")
-                self.write(http.chunk(event) + http.LAST_CHUNK)
+                self.write(http.chunk(error_event(f"{message}; the stream was cut off", "api_error", code))
+                           + http.LAST_CHUNK)
             elif not request.responded:
-                self.write(http.response(503, http.error_body(503, "the router is shutting down", "shutdown"),
-                                         [], keep_alive=False))
+                self.write(http.response(status, http.error_body(status, message, code), [], keep_alive=False))
         self.close()
 
     def _refuse(self, status: int, message: str, code: str) -> None:
