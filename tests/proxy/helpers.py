@@ -82,6 +82,17 @@ def holding(hold: asyncio.Event) -> Script:
     return answer
 
 
+async def trickle(ex: Exchange) -> None:
+    """A stream that never ends by itself: one content event every 50 ms until the router hangs up."""
+    await ex.sse_head()
+    try:
+        while True:
+            await ex.chunk(b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n')
+            await asyncio.sleep(0.05)
+    except ConnectionError:
+        ex.backend.gone.set()
+
+
 @dataclass
 class ScriptedBackend:
     script: Script = answer_ok
@@ -198,6 +209,19 @@ async def eventually(check: Callable[[], bool], what: str, tries: int = 500) -> 
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"never happened: {what}")
+
+
+def chat_request(body: bytes, version: bytes = b"1.1") -> bytes:
+    """A raw POST of `body` to /v1/chat/completions."""
+    return (b"POST /v1/chat/completions HTTP/%b\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%b" % (version, len(body), body))
+
+
+async def raw_post(port: int, body: bytes, version: bytes = b"1.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A chat request on a raw connection, for tests that hang up or read the bytes themselves."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(chat_request(body, version))
+    return reader, writer
 
 
 async def raw_exchange(port: int, request: bytes) -> bytes:

@@ -10,7 +10,8 @@ import httpx
 
 from kvroute.sim import SimFleet
 
-from .helpers import Exchange, base, chat_body, eventually, in_flight, running_gateway, serve_process
+from .helpers import (Exchange, base, chat_body, eventually, in_flight, raw_post, running_gateway, serve_process,
+                      trickle)
 
 JSON = {"content-type": "application/json"}
 
@@ -158,15 +159,6 @@ async def test_retry_budget_stops_retries_from_multiplying_an_outage(scripted) -
 
 
 async def test_total_timeout_ends_a_long_stream_with_an_error_event(scripted) -> None:
-    async def trickle(ex: Exchange) -> None:
-        await ex.sse_head()
-        try:
-            while True:
-                await ex.chunk(b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n')
-                await asyncio.sleep(0.05)
-        except ConnectionError:
-            ex.backend.gone.set()
-
     backend = await scripted(trickle)
     async with running_gateway([backend.url], total_timeout=0.5, idle_timeout=5.0) as gw, \
             httpx.AsyncClient() as client:
@@ -193,21 +185,9 @@ async def test_a_response_delimited_by_close_is_complete_not_a_failure(scripted)
 
 
 async def test_streams_still_running_after_the_grace_period_end_with_an_error_event(scripted) -> None:
-    async def endless(ex: Exchange) -> None:
-        await ex.sse_head()
-        try:
-            while True:
-                await ex.chunk(b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n')
-                await asyncio.sleep(0.05)
-        except ConnectionError:
-            ex.backend.gone.set()
-
-    backend = await scripted(endless)
+    backend = await scripted(trickle)
     async with running_gateway([backend.url]) as gw:
-        body = chat_body(stream=True)
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: %d\r\n\r\n%b" % (len(body), body))
+        reader, writer = await raw_post(gw.proxy.port, chat_body(stream=True))
         assert b"delta" in await reader.readuntil(b"\n\n")
         await gw.proxy.close(0.2)  # what SIGTERM does, with a short grace period
         rest = await reader.read(-1)

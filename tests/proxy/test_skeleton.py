@@ -10,7 +10,7 @@ import httpx
 
 from kvroute.sim import SimFleet
 
-from .helpers import Exchange, base, chat_body, eventually, in_flight, running_gateway
+from .helpers import Exchange, base, chat_body, eventually, in_flight, raw_post, running_gateway
 
 SSE_EVENTS = [
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
@@ -92,9 +92,7 @@ async def test_round_robin_uses_both_backends() -> None:
 
 async def open_stream(port: int, body: bytes) -> tuple[asyncio.StreamWriter, bytes]:
     """Start a streamed request on a raw connection and read until tokens flow; returns what came so far."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 b"content-length: %d\r\n\r\n%b" % (len(body), body))
+    reader, writer = await raw_post(port, body)
     received = b""
     while b'"content":"' not in received.replace(b'"content":""', b""):
         received += await reader.read(65536)
@@ -149,10 +147,8 @@ async def test_client_disconnect_mid_stream_leaves_nothing_in_flight() -> None:
 async def test_client_disconnect_before_any_byte_closes_the_upstream_request() -> None:
     async with SimFleet(instances=1, per_token_delay=0.02) as fleet:
         async with running_gateway(fleet.urls) as gw:
-            _, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
-            body = chat_body(model="sim-model", max_tokens=2000)  # not streamed: nothing comes back for 40 s
-            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n%b" % (len(body), body))
+            # Not streamed: nothing comes back for 40 s.
+            _, writer = await raw_post(gw.proxy.port, chat_body(model="sim-model", max_tokens=2000))
             await eventually(lambda: fleet.instances[0].state()["running"] == 1, "the backend is generating")
             writer.close()
             await eventually(lambda: in_flight(gw) == 0, "in-flight back to zero")

@@ -10,7 +10,8 @@ import pytest
 
 from kvroute.sim import SimFleet
 
-from .helpers import Exchange, base, chat_body, eventually, holding, in_flight, raw_exchange, running_gateway
+from .helpers import (Exchange, base, chat_body, chat_request, eventually, holding, in_flight, raw_exchange,
+                      raw_post, running_gateway)
 
 JSON = {"content-type": "application/json"}
 
@@ -221,15 +222,14 @@ async def test_pipelined_requests_are_answered_in_order_and_100_continue_is_sent
     backend = await scripted(echo)
     async with running_gateway([backend.url]) as gw:
         one, two = chat_body("one"), chat_body("two")
-        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
-        writer.write(head % len(one) + b"\r\n" + one + head % len(two) + b"\r\n" + two)
+        reader, writer = await raw_post(gw.proxy.port, one)
+        writer.write(chat_request(two))
         received = b""
         while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(two):
             received += await reader.read(65536)
         assert received.index(one) < received.index(two)
 
-        writer.write(head % len(one) + b"expect: 100-continue\r\n\r\n")
+        writer.write(chat_request(one).replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n").removesuffix(one))
         assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(one)
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
@@ -247,10 +247,7 @@ async def test_http10_client_gets_a_close_delimited_stream(scripted) -> None:
 
     backend = await scripted(stream)
     async with running_gateway([backend.url]) as gw:
-        body = chat_body(stream=True)
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
-                     b"content-length: %d\r\n\r\n%b" % (len(body), body))
+        reader, writer = await raw_post(gw.proxy.port, chat_body(stream=True), version=b"1.0")
         raw = await reader.read(-1)  # until the router closes: that is the end of this body
         writer.close()
         head, _, received = raw.partition(b"\r\n\r\n")
