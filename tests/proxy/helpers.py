@@ -177,7 +177,7 @@ async def serve_process(*args: str, workers: int = 1) -> AsyncIterator[tuple[asy
     """`kvroute serve` as a child process on a run-time port; yields it and its port once every worker listens."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kvroute.cli", "serve", "--workers", str(workers), "--port", "0", "--admin-port", "0",
-        "--poll-interval", "30", *args, stderr=asyncio.subprocess.PIPE)
+        "--poll-interval", "30", "--log-level", "info", *args, stderr=asyncio.subprocess.PIPE)
     try:
         assert process.stderr is not None
         ports: list[int] = []
