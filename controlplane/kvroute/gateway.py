@@ -104,16 +104,30 @@ def _supervise(settings: Settings, argv: Sequence[str]) -> int:
                                          env=env))
     log.info("kvroute: %d workers on %s:%d", settings.workers, settings.host, port)
 
+    alive = {child.pid: child for child in children}
+
     def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        for child in alive.values():
+            child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    worst = 0
+    while alive:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if alive.pop(pid, None) is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, abs(code))
+        if code != 0:  # a worker that failed (a bad flag, a port in use) takes the others down with it
+            log.error("worker %d exited with %d; stopping the others", pid, code)
+            for child in alive.values():
+                child.send_signal(signal.SIGTERM)
     holder.close()
-    return max((abs(code) for code in codes), default=0)
+    return worst
 
 
 def main(argv: Sequence[str]) -> int:
