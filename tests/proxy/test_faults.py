@@ -195,3 +195,23 @@ async def test_streams_still_running_after_the_grace_period_end_with_an_error_ev
         assert b'"code": "shutdown"' in rest and rest.endswith(b"0\r\n\r\n")
         await eventually(lambda: backend.gone.is_set(), "upstream request closed")
         assert in_flight(gw) == 0
+
+
+async def test_a_keep_alive_connection_closed_by_the_backend_is_not_a_failure(scripted) -> None:
+    served: dict[int, int] = {}
+
+    async def one_per_connection(ex: Exchange) -> None:
+        # Like a server whose keep-alive timeout fired just as the router reused the connection.
+        count = served[id(ex.writer)] = served.get(id(ex.writer), 0) + 1
+        if count > 1:
+            ex.writer.transport.abort()
+            return
+        await ex.json(200, b'{"ok":true}')
+
+    backend = await scripted(one_per_connection)
+    async with running_gateway([backend.url], retry_attempts=0) as gw, httpx.AsyncClient() as client:
+        for _ in range(5):
+            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
+            assert response.status_code == 200  # sent again on a fresh connection, not a 502
+        assert gw.fleet.all()[0].breaker.state.value == "closed"
+        assert in_flight(gw) == 0
