@@ -72,6 +72,7 @@ class Settings:
     retry_budget: float = 0.2
     grace_period: float = 30.0
     queue_timeout: float = 30.0  # seconds a request may wait in the router's queue before a 503
+    keepalive_timeout: float = 75.0  # an idle client connection is closed after this many seconds
     debug_headers: bool = False
     forward_api_key: bool = False
     api_key_tiers: dict[str, str] = field(default_factory=dict)
@@ -157,7 +158,7 @@ POSITIVE = frozenset({
 })
 NON_NEGATIVE = frozenset({
     "breaker_cooldown", "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
-    "retry_attempts", "retry_budget", "grace_period", "queue_timeout", "wait_queue_size",
+    "retry_attempts", "retry_budget", "grace_period", "queue_timeout", "keepalive_timeout", "wait_queue_size",
     "queue_threshold_high", "queue_threshold_normal", "queue_threshold_low",
     "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
 })

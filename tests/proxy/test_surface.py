@@ -254,3 +254,13 @@ async def test_http10_client_gets_a_close_delimited_stream(scripted) -> None:
         assert b"transfer-encoding" not in head.lower()
         assert received == events
         assert in_flight(gw) == 0
+
+
+async def test_idle_keep_alive_connections_are_closed(scripted) -> None:
+    backend = await scripted()
+    async with running_gateway([backend.url], keepalive_timeout=0.2) as gw:
+        reader, writer = await raw_post(gw.proxy.port, chat_body())
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        await reader.read(-1)  # returns once the router closes the idle connection
+        writer.close()
+        await eventually(lambda: not gw.proxy.connections, "the router forgot the connection")

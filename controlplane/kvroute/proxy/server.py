@@ -84,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._reject = 0
+        self.last_active = self.loop.time()
 
     # -- asyncio.Protocol --
 
@@ -92,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -220,6 +222,7 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.current = None
             self.task = None
+            self.last_active = self.loop.time()
 
     def _end_cut_off(self, request: Request, status: int, message: str, code: str) -> None:
         """A request ended early (shutdown past the grace period, or a bug): say so if the client is still there."""
@@ -247,6 +250,7 @@ class ProxyServer:
         self.pool = UpstreamPool(gateway.settings.connect_timeout)
         self.dispatcher = Dispatcher(self)
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
 
     async def listen(self, sock: socket.socket | None = None) -> None:
@@ -258,6 +262,18 @@ class ProxyServer:
                 lambda: ClientConnection(self), settings.host, settings.port, backlog=4096,
                 reuse_port=settings.workers > 1 or None)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        """Close keep-alive connections idle past `keepalive_timeout`: a sweep every few seconds costs
+        the hot path nothing (one timestamp per read) where a timer per request would not."""
+        timeout = self.gateway.settings.keepalive_timeout
+        while True:
+            await asyncio.sleep(min(5.0, max(timeout / 4, 0.05)))
+            cutoff = self.loop.time() - timeout
+            for conn in list(self.connections):
+                if conn.task is None and conn.last_active < cutoff:
+                    conn.close()
 
     def wake(self, wait_ids: list[int]) -> None:
         """Queued requests the core says may go now (Router.release returned their ids)."""
@@ -267,6 +283,8 @@ class ProxyServer:
         """Stop accepting; let in-flight requests finish for up to `grace_s`; then cut the rest off
         with an SSE error event (or a 503 if nothing was sent yet)."""
         self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
