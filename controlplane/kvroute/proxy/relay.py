@@ -332,8 +332,8 @@ class Dispatcher:
                 if failure is not None:
                     return failure
                 if up.complete:  # otherwise _stream reported the failure and told the client
-                    ok = status < 500
-                    self.fleet.report(backend_id, ok, None if ok else "http_5xx")
+                    self.fleet.report(backend_id, status < 500, None if status < 500 else "http_5xx")
+                    ok = status < 400
                 return None
             try:
                 data = await up.read_all(min(settings.idle_timeout, deadline - loop.time()))
@@ -345,8 +345,10 @@ class Dispatcher:
                 return Failure(502, f"backend {backend_id} failed: {exc}", "bad_gateway")
             usage = Usage()
             usage_of_json(data, usage)
-            ok = status < 500
-            self.fleet.report(backend_id, ok, None if ok else "http_5xx")
+            self.fleet.report(backend_id, status < 500, None if status < 500 else "http_5xx")
+            # Only answers that did the work teach the core about the backend's speed: a 400 is fast for
+            # reasons that say nothing about its load.
+            ok = status < 400
             req.status = up.status
             conn.write(self._relayed(up, routed, rid, req, data))
             return None
