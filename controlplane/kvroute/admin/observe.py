@@ -9,7 +9,7 @@ Each Observer has its own registry: no process-global state, several gateways ca
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -56,6 +56,22 @@ class FleetCollector(Collector):
             yield family
 
 
+class _Children:
+    """Memoised `metric.labels(...)`: prometheus_client validates and locks on every labels() call
+    (about 3 µs each, measured 15 µs per request in all), while the data plane asks for the same few
+    label sets on every request."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self.cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.cache.get(values)
+        if child is None:
+            child = self.cache[values] = self.metric.labels(*values)
+        return child
+
+
 class Observer:
     def __init__(self, fleet: Fleet | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -78,6 +94,8 @@ class Observer:
                                    "(connect, timeout, http_status, parse, stale)", ["backend", "kind"], registry=r)
         if fleet is not None:
             r.register(FleetCollector(fleet))
+        self._requests, self._decisions = _Children(self.requests), _Children(self.decisions)
+        self._ttft, self._e2e = _Children(self.ttft), _Children(self.e2e)
         # Plain running totals for the status page's charts (it differentiates them itself).
         self.started = time.time()
         self.requests_total = 0
@@ -90,15 +108,15 @@ class Observer:
         """One client request finished (any outcome). backend "" when none was chosen; ttft_s None when
         no token came back."""
         backend = backend or "none"
-        self.requests.labels(model, backend, str(status), priority).inc()
+        self._requests(model, backend, str(status), priority).inc()
         if branch:
-            self.decisions.labels(branch).inc()
+            self._decisions(branch).inc()
         if ttft_s is not None:
-            self.ttft.labels(backend).observe(ttft_s)
+            self._ttft(backend).observe(ttft_s)
             self.ttft_sum += ttft_s
             self.ttft_count += 1
         if e2e_s is not None:
-            self.e2e.labels(backend).observe(e2e_s)
+            self._e2e(backend).observe(e2e_s)
         self.requests_total += 1
         if not str(status).startswith("2"):
             self.errors_total += 1
