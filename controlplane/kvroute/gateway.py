@@ -80,7 +80,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None, *, adm
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     log.info("kvroute listening on %s:%s (admin %s)", settings.host, gateway.proxy.port,
-             f"{settings.admin_host}:{settings.admin_port}" if gateway.admin is not None else "off")
+             f"{settings.admin_host}:{gateway.admin.port}" if gateway.admin is not None else "off")
     if started is not None:
         started.set()
     try:
