@@ -84,8 +84,9 @@ class Factory:
         log_path = self.log_dir / f"kvroute-{len(self.started)}.log"
         cmd = [sys.executable, "-m", "kvroute.cli", "serve",
                "--port", str(port), "--admin-port", str(admin_port), "--policy", policy,
-               # Fast polling so health changes and fresh /metrics show up within a test.
-               "--poll-interval", "0.5", "--poll-timeout", "0.4", *extra]
+               # Polls every second with the default-sized timeout: tight timeouts failed polls
+               # of a busy vLLM on 2 loaded cores and hid its running requests.
+               "--poll-interval", "1", "--poll-timeout", "1", *extra]
         for url in backends:
             cmd += ["--backend", url]
         log = open(log_path, "ab")

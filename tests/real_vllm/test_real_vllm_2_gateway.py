@@ -125,7 +125,7 @@ def test_admin_shows_parsed_vllm_metrics(gateway: KvrouteProcess, vllm_pair: lis
 def test_admin_shows_a_running_request(gateway: KvrouteProcess) -> None:
     """Non-zero gauges read from a live page: while a long answer streams, its backend shows one
     running request and some KV cache in use (the idle page above only proves zeros)."""
-    body = {"model": MODEL, "prompt": "Tell a long story", "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    body = {"model": MODEL, "prompt": "Tell a long story", "max_tokens": 8000, "ignore_eos": True, "stream": True}
     seen = None
     # The answer lasts a few seconds and the poller reads /metrics every 0.5 s; should the answer
     # end before a poll caught it, try again (bounded).
@@ -177,7 +177,7 @@ def test_client_disconnect_aborts_in_vllm(gateway: KvrouteProcess, vllm_pair: li
     # vLLM 0.32 counts no metric for aborts (request_success_total{finished_reason="abort"} stays
     # 0 for a client disconnect), so the proof is: the request stopped running, did not finish
     # by length, and far fewer than its max_tokens were generated.
-    max_tokens = 1900
+    max_tokens = 8000
     finished_before = fleet_sum(vllm_pair, "vllm:request_success_total")
     generated_before = fleet_sum(vllm_pair, "vllm:generation_tokens_total")
     body = {"model": MODEL, "prompt": "Keep talking", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}

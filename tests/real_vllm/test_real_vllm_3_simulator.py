@@ -24,7 +24,8 @@ def sim_url(tokenizer_json: Path) -> Iterator[str]:
     cmd = [sys.executable, "-m", "kvroute.cli", "sim", "--instances", "1", "--base-port", "0",
            "--model", MODEL, "--tokenizer", str(tokenizer_json),
            # The real servers' cache geometry, read from their cache_config_info.
-           "--block-size", "128", "--num-gpu-blocks", "16384", "--max-model-len", str(vllm_fleet.MAX_MODEL_LEN)]
+           "--block-size", "128", "--num-gpu-blocks", "16384", "--max-model-len", str(vllm_fleet.MAX_MODEL_LEN),
+           "--max-num-batched-tokens", str(vllm_fleet.MAX_NUM_BATCHED_TOKENS)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None

@@ -81,7 +81,7 @@ def build(out_dir: Path) -> None:
         bos_token="<|bos|>",
         eos_token="<|eos|>",
         pad_token="<|pad|>",
-        model_max_length=2048,
+        model_max_length=8192,
     )
     fast.chat_template = _CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
@@ -94,7 +94,7 @@ def build(out_dir: Path) -> None:
         num_hidden_layers=2,
         num_attention_heads=2,  # head size 128 / 2 = 64: the CPU attention backend rejects 16
         num_key_value_heads=1,
-        max_position_embeddings=2048,
+        max_position_embeddings=8192,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

@@ -22,7 +22,12 @@ import tiny_model
 ENV_VAR = "KVROUTE_VLLM_ENV"
 STAMP_NAME = ".kvroute-env-stamp"  # written last by make_env.sh: its presence means "complete"
 SERVED_NAME = tiny_model.SERVED_NAME
-MAX_MODEL_LEN = 2048
+# Long enough that a streamed answer lasts many seconds on 2 cores: the disconnect and the running-
+# request tests need the answer to outlive vLLM's own reaction time with a wide margin.
+MAX_MODEL_LEN = 8192
+# Pinned rather than left to vLLM's default (which follows max_model_len): the simulator comparison
+# needs the same per-step prefill budget on both sides.
+MAX_NUM_BATCHED_TOKENS = 2048
 # Two servers start at once on 2 cores; one alone takes ~40 s. Generous, but bounded.
 STARTUP_TIMEOUT = 360.0
 
@@ -100,6 +105,7 @@ class VllmServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--max-model-len", str(MAX_MODEL_LEN),
+            "--max-num-batched-tokens", str(MAX_NUM_BATCHED_TOKENS),
             "--enable-prefix-caching",
             "--disable-uvicorn-access-log",
         ]
