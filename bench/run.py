@@ -67,6 +67,7 @@ class Suite:
     # TCP_NODELAY, so on a reused connection its first stream chunks wait ~40 ms for the client's
     # delayed ACK (docs/benchmarks.md); the comparison is about routing, so no contender gets that hit.
     keepalive: bool = False
+    fleet: str = "sim"  # "sim" (kvroute sim, `profile`) or "vllm" (real vLLM CPU servers, bench/vllmfleet.py)
 
 
 CONCURRENCY = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
@@ -90,6 +91,17 @@ SUITES: dict[str, Suite] = {
         repeats=2,
         time_scale=2.0,
     ),
+    # The reduced real-vLLM form: two vLLM CPU servers with the test tier's tiny model (real time).
+    # Prompts stay under its 2,048-token context: 300 words are about 900 of its tokens.
+    "real-vllm": Suite(
+        "real-vllm",
+        sweeps=[Sweep("blog", "closed", [1, 4], per_client=8, min_requests=32, max_requests=32,
+                      params={"system_prompts": 4, "system_tokens": 300, "output_tokens": 16})],
+        repeats=1,
+        time_scale=1.0,
+        instances=2,
+        fleet="vllm",
+    ),
     "quick": Suite(
         "quick",
         sweeps=[
@@ -100,6 +112,16 @@ SUITES: dict[str, Suite] = {
         time_scale=4.0,
     ),
 }
+
+
+def make_fleet(suite: Suite, scale: float, logs: Path) -> Any:
+    if suite.fleet == "vllm":
+        from bench.vllmfleet import VllmFleet
+
+        if scale != 1.0:
+            raise ValueError("a real vLLM fleet runs in real time (time scale 1)")
+        return VllmFleet(suite.instances, logs)
+    return FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine)
 
 
 def build_workload(sweep: Sweep, model: str, x: float, seed: int) -> workloads.Workload:
@@ -138,12 +160,15 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
     # report.md and the plots are what a committed run keeps.
     (out / "raw").mkdir(parents=True, exist_ok=True)
     logs = out / "raw" / "logs"
-    fleet = FleetProc(suite.instances, suite.profile, suite.time_scale, suite.seed, logs,
-                      engine=suite.engine)
+    fleet = make_fleet(suite, suite.time_scale, logs)
     started = time.time()
     points: list[Point] = []
     requests_path = out / "raw" / "requests.jsonl"
-    await fleet.start()
+    try:
+        await fleet.start()
+    except BaseException:
+        await fleet.stop()  # a fleet that half started must not outlive the run
+        raise
     fleet_scale = suite.time_scale
     meta = {
         "suite": suite.name,
@@ -151,7 +176,9 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
         "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "versions": contenders_mod.versions(),
-        "fleet": {"instances": suite.instances, "profile": suite.profile, "time_scale": suite.time_scale,
+        "fleet": {"kind": suite.fleet, "instances": suite.instances,
+                  "profile": suite.profile if suite.fleet == "sim" else fleet.info.get("profile", {}).get("name"),
+                  "time_scale": suite.time_scale,
                   "engine_overrides": suite.engine, "kv_blocks": fleet.info.get("kv_blocks"),
                   "profile_numbers": fleet.info.get("profile")},
         "contenders": [contenders_mod.by_name(n).describe() for n in suite.contenders],
@@ -165,7 +192,7 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                 scale = sweep.time_scale or suite.time_scale
                 if scale != fleet_scale:
                     await fleet.stop()
-                    fleet = FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine)
+                    fleet = make_fleet(suite, scale, logs)
                     await fleet.start()
                     fleet_scale = scale
                 for repeat in range(sweep.repeats or suite.repeats):
