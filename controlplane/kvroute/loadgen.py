@@ -157,7 +157,8 @@ async def send_one(
     except _StreamError as exc:
         result.error = f"stream error: {exc}"
         result.e2e_s = time.perf_counter() - due
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    # OSError: a reset socket can surface unwrapped on some paths; it is a failed request all the same.
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         result.e2e_s = time.perf_counter() - due
     return result
