@@ -265,6 +265,9 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
                     ax.set_yscale("log")
             else:
                 ax.set_xlabel(_axis(mode))
+                if metric == "ttft_p99_s":
+                    # One stalled request (this machine is shared) must not flatten every other line.
+                    ax.set_yscale("log")
             if metric == "throughput_rps":
                 ax.set_ylim(bottom=0)
             ax.set_ylabel(unit)
