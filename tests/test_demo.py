@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.netutil import free_port
 
 
 def test_demo_prints_a_table_per_backend_and_a_curl_line() -> None:
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     out = subprocess.run(
         [sys.executable, "-m", "kvroute.cli", "demo", "--duration", "1", "--port", str(port),
          "--admin-port", str(admin_port), "--requests", "40", "--concurrency", "4"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.netutil import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def test_wheel_cli_help_runs_outside_the_source_tree(wheel_venv: Path, tmp_path:
 
 
 def test_wheel_sim_serves_openai_models(wheel_venv: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "sim.log").open("w")
     proc = subprocess.Popen(
         [str(wheel_venv / "bin" / "kvroute"), "sim", "--instances", "1", "--base-port", str(port)],

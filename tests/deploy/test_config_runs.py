@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +22,7 @@ import yaml
 
 from deploy_support import DASHBOARD, KUBE, dashboard_queries, metric_names, objects
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.netutil import free_port
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -81,7 +76,7 @@ def sim_url() -> Iterator[str]:
 def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     config = tmp_path_factory.mktemp("config") / "kvroute.yaml"
     config.write_text(objects(KUBE)["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"])
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     env = dict(os.environ, KVROUTE_ADMIN_TOKEN="test-token")
     # As the Deployment runs it, but reachable here: loopback addresses, static discovery of the sim.
     process = subprocess.Popen([sys.executable, "-m", "kvroute.cli", "serve", "--config", str(config),

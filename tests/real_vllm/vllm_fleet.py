@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tiny_model
+from tests.netutil import free_port
 
 ENV_VAR = "KVROUTE_VLLM_ENV"
 STAMP_NAME = ".kvroute-env-stamp"  # written last by make_env.sh: its presence means "complete"
@@ -40,14 +40,6 @@ def env_problem(env_dir: str | None) -> str | None:
     if not (path / STAMP_NAME).is_file() or not (path / "bin" / "python").exists():
         return f"{ENV_VAR}={env_dir} is not a complete vLLM environment (run `make vllm-env`)"
     return None
-
-
-def free_port() -> int:
-    # The port is released before vLLM binds it; a collision in that gap is possible but rare,
-    # and shows up as a start-up failure with the log attached, not as a wrong result.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
