@@ -56,6 +56,7 @@ COST_WEIGHTS = {
     "kv_knee": (0.8, 0.0, 0.999),
     "tie_tolerance": (0.05, 0.0, 10.0),
     "externality_weight": (1.0, 0.0, 100.0),
+    "recompute_weight": (3.0, 0.0, 100.0),
     "ewma_alpha": (0.2, 0.001, 1.0),
 }
 POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -534,8 +535,7 @@ class Router:
         rate = b.prefill_rate
         others_waiting = max(b.waiting - b.pending, 0)
         work_ahead = float(b.pending_tokens) + float(others_waiting) * b.mean_uncached
-        slot_wait = float(b.waiting) * b.latency_ewma / float(max(b.running, 1))
-        queue_s = work_ahead / rate + slot_wait
+        queue_s = work_ahead / rate  # a waiting queue is prefill work ahead, not a full batch
         decoding = float(max(b.running, b.in_flight - b.pending))
         pressure = min(max((b.kv_usage - w["kv_knee"]) / (1.0 - w["kv_knee"]), 0.0), 1.0)
         return (
@@ -569,9 +569,14 @@ class Router:
         for c in cands:
             n = c.b.matched_blocks(req.blocks)
             c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
+        best_cached = max(c.cached_tokens for c in cands)
+        for c in cands:
             uncached = req.prompt_tokens - c.cached_tokens
+            rate = c.b.prefill_rate
             c.ttft = self.predict(c.b, uncached)
-            c.score = c.ttft + self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / c.b.prefill_rate)
+            externality = self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / rate)
+            recompute = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
+            c.score = c.ttft + externality + recompute
         queue_ahead = self.wait_queue_size > 0 and any(
             w.key[0] <= tier and (resumed is None or w.key < (tier, resumed[1])) and w.req.model == req.model
             for w in self.waiters.values()
@@ -681,7 +686,7 @@ class Router:
                 if cands[i].b.in_flight + 1 <= cap:
                     return i, "session:sticky" if rank == 0 else "session:spill"
             return ranked[0][1], "session:sticky"
-        # cost: minimum score (TTFT + externality); among near-ties the most cached prefix, then random
+        # cost: minimum score (TTFT + externality + recompute); near-ties: most cached prefix, then random
         lo = min(c.score for c in cands)
         limit = lo + abs(lo) * self.w["tie_tolerance"]
         near = [k for k, c in enumerate(cands) if c.score <= limit]

@@ -78,6 +78,7 @@ pub const COST_WEIGHTS: &[WeightSpec] = &[
     w("kv_knee", 0.8, 0.0, 0.999),
     w("tie_tolerance", 0.05, 0.0, 10.0),
     w("externality_weight", 1.0, 0.0, 100.0),
+    w("recompute_weight", 3.0, 0.0, 100.0),
     w("ewma_alpha", 0.2, 0.001, 1.0),
 ];
 pub const PREFIX_HASH_WEIGHTS: &[WeightSpec] = &[w("queue_threshold", 8.0, 0.0, 1e9)];
@@ -93,6 +94,7 @@ pub struct Weights {
     pub kv_knee: f64,
     pub tie_tolerance: f64,
     pub externality_weight: f64,
+    pub recompute_weight: f64,
     pub ewma_alpha: f64,
     pub queue_threshold: f64,
     pub load_factor: f64,
@@ -108,6 +110,7 @@ impl Default for Weights {
             kv_knee: 0.0,
             tie_tolerance: 0.0,
             externality_weight: 0.0,
+            recompute_weight: 0.0,
             ewma_alpha: 0.0,
             queue_threshold: 0.0,
             load_factor: 0.0,
@@ -129,6 +132,7 @@ impl Weights {
             "kv_knee" => &mut self.kv_knee,
             "tie_tolerance" => &mut self.tie_tolerance,
             "externality_weight" => &mut self.externality_weight,
+            "recompute_weight" => &mut self.recompute_weight,
             "ewma_alpha" => &mut self.ewma_alpha,
             "queue_threshold" => &mut self.queue_threshold,
             "load_factor" => &mut self.load_factor,

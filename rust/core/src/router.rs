@@ -162,7 +162,8 @@ struct Cand {
     cached_tokens: u64,
     queue: u64,
     ttft: f64,
-    /// What `cost` minimises: ttft plus the delay this request's prefill imposes on others.
+    /// What `cost` minimises: ttft plus the delay this request's prefill imposes on others and
+    /// the fleet prefill capacity spent recomputing a prefix another candidate holds.
     score: f64,
 }
 
@@ -366,10 +367,10 @@ impl Router {
         let rate = l.prefill_rate;
         let others_waiting = b.waiting.saturating_sub(b.pending);
         let work_ahead = b.pending_tokens as f64 + others_waiting as f64 * l.mean_uncached;
-        // When the engine reports a queue, its batch is full: each waiting request also waits
-        // for a running one to finish.
-        let slot_wait = b.waiting as f64 * l.latency_ewma / b.running.max(1) as f64;
-        let queue_s = work_ahead / rate + slot_wait;
+        // A waiting queue means the engine's step token budget is taken by prefill (vLLM admits
+        // waiting requests while the budget lasts), not that its batch is full: the queue is the
+        // prefill work ahead, already counted above.
+        let queue_s = work_ahead / rate;
         let decoding = b.running.max(b.in_flight - b.pending) as f64;
         let pressure = ((b.kv_usage - w.kv_knee) / (1.0 - w.kv_knee)).clamp(0.0, 1.0);
         l.overhead_s
@@ -424,9 +425,13 @@ impl Router {
         for &(slot, n) in &matches {
             self.slot_blocks[slot as usize] = n;
         }
+        let mut best_cached = 0u64;
         for c in cands.iter_mut() {
             let n = self.slot_blocks[c.slot as usize];
             c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
+            best_cached = best_cached.max(c.cached_tokens);
+        }
+        for c in cands.iter_mut() {
             let b = self.backend(c.slot);
             let uncached = req.prompt_tokens - c.cached_tokens;
             let w = &self.policy.weights;
@@ -434,7 +439,13 @@ impl Router {
             // The prefill also delays the requests still waiting for their first token there
             // (chunked prefill shares each step): a greedy per-request choice ignores that and
             // moves conversations off their cache too eagerly.
-            c.score = c.ttft + w.externality_weight * b.pending as f64 * (uncached as f64 / b.learned.prefill_rate);
+            let rate = b.learned.prefill_rate;
+            let externality = w.externality_weight * b.pending as f64 * (uncached as f64 / rate);
+            // Recomputing what another candidate already holds spends fleet prefill capacity
+            // that some later request pays for; the queue it avoids is a transient, estimated
+            // from lagging metrics.
+            let recompute = w.recompute_weight * ((best_cached - c.cached_tokens) as f64 / rate);
+            c.score = c.ttft + externality + recompute;
         }
         for &(slot, _) in &matches {
             self.slot_blocks[slot as usize] = 0;

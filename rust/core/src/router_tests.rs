@@ -337,28 +337,45 @@ fn cost_near_ties_prefer_the_cached_backend() {
     }
 }
 
+/// Two backends; `b0` holds a ~2,000-token system prompt and has `on_cached` requests of ~500
+/// uncached tokens waiting for their first token, `b1` one. Where does the next request for the
+/// cached prompt go?
+fn spread_case(weights: &[(&str, f64)], on_cached: usize) -> Routed {
+    let mut r = router("cost", 2);
+    let w: Vec<(String, f64)> = weights.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+    r.set_policy("cost", &w).unwrap();
+    let sys = long_system();
+    let warm = routed(r.route(req(&r, &sys, "q"), Tier::Normal, None, &["b1"]));
+    r.release(warm.ticket, true, 0, 0, 0, 0.0).unwrap();
+    let cold = "a different prompt of about five hundred tokens ".repeat(40);
+    for (i, (not_there, n)) in [("b1", on_cached), ("b0", 1)].into_iter().enumerate() {
+        for k in 0..n {
+            let q = req(&r, &format!("{i} {k} {cold}"), "u");
+            routed(r.route(q, Tier::Normal, None, &[not_there]));
+        }
+    }
+    route(&mut r, &sys, "the question")
+}
+
 #[test]
 fn cost_counts_the_delay_a_recompute_imposes_on_waiting_requests() {
-    let run = |externality: f64| {
-        let mut r = router("cost", 2);
-        r.set_policy("cost", &[("externality_weight".into(), externality)]).unwrap();
-        let sys = long_system();
-        let warm = routed(r.route(req(&r, &sys, "q"), Tier::Normal, None, &["b1"]));
-        r.release(warm.ticket, true, 0, 0, 0, 0.0).unwrap();
-        // Requests waiting for their first token: six on the cached backend, one on the other.
-        let cold = "a different prompt of about five hundred tokens ".repeat(40);
-        for (i, (not_there, n)) in [("b1", 6), ("b0", 1)].into_iter().enumerate() {
-            for k in 0..n {
-                let q = req(&r, &format!("{i} {k} {cold}"), "u");
-                routed(r.route(q, Tier::Normal, None, &[not_there]));
-            }
-        }
-        route(&mut r, &sys, "the question")
-    };
+    let greedy = [("externality_weight", 0.0), ("recompute_weight", 0.0)];
     // Greedy on this request's TTFT alone: recompute the long prefix on the less busy backend.
-    let greedy = run(0.0);
-    assert_eq!((greedy.backend_id.as_str(), greedy.branch), ("b1", "cost:load_spread"));
+    let r = spread_case(&greedy, 6);
+    assert_eq!((r.backend_id.as_str(), r.branch), ("b1", "cost:load_spread"));
     // Counting the prefill's delay to the request already waiting there: stay with the cache.
-    let default = run(1.0);
-    assert_eq!((default.backend_id.as_str(), default.branch), ("b0", "cost:cache_affinity"));
+    let r = spread_case(&[("recompute_weight", 0.0)], 6);
+    assert_eq!((r.backend_id.as_str(), r.branch), ("b0", "cost:cache_affinity"));
+}
+
+#[test]
+fn cost_charges_the_fleet_for_recomputing_a_prefix_held_elsewhere() {
+    // The recompute term alone keeps the request with its cache against a modest queue...
+    let r = spread_case(&[("externality_weight", 0.0)], 6);
+    assert_eq!((r.backend_id.as_str(), r.branch), ("b0", "cost:cache_affinity"));
+    let r = spread_case(&[], 6);
+    assert_eq!((r.backend_id.as_str(), r.branch), ("b0", "cost:cache_affinity"));
+    // ...but not against a long one: with defaults, 40 requests queued there still send it away.
+    let r = spread_case(&[], 40);
+    assert_eq!((r.backend_id.as_str(), r.branch), ("b1", "cost:load_spread"));
 }
