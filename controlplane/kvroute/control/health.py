@@ -54,11 +54,38 @@ class CircuitState(str, enum.Enum):
     HALF_OPEN = "half_open"
 
 
+class ProbeVerdict(str, enum.Enum):
+    """What the half-open probe's answer says about the backend; only RECOVERED closes the circuit."""
+
+    RECOVERED = "recovered"  # a 2xx completion: it served the kind of request clients send
+    OVERLOADED = "overloaded"  # 429: alive, but refusing work while it gets none from this router
+    REJECTED = "rejected"  # any other 4xx: model gone, wrong route, auth: client requests would fail too
+    FAILED = "failed"  # no connection, timeout, 5xx, or an answer that is no completion (1xx/3xx)
+
+
+def probe_verdict(status: int | None) -> ProbeVerdict:
+    """Classify the probe's HTTP status (None: no answer at all).
+
+    429 keeps the circuit open: the probe is the only request this router sends the backend while
+    the circuit is open, so a backend that refuses even that would refuse the client traffic closing
+    would send it. The next cool-down probes again, so it closes as soon as the backend has room.
+    """
+    if status is None:
+        return ProbeVerdict.FAILED
+    if 200 <= status < 300:
+        return ProbeVerdict.RECOVERED
+    if status == 429:
+        return ProbeVerdict.OVERLOADED
+    if 400 <= status < 500:
+        return ProbeVerdict.REJECTED
+    return ProbeVerdict.FAILED
+
+
 class CircuitBreaker:
     """Passive outlier ejection from request outcomes (consecutive failures, like Envoy's consecutive_5xx).
 
-    closed --N consecutive failures--> open --cool-down--> half_open --probe succeeds--> closed
-                                                            half_open --probe fails--> open (cool-down again)
+    closed --N consecutive failures--> open --cool-down--> half_open --probe recovered--> closed
+                                                            half_open --any other verdict--> open (cool-down again)
     The core gets no client traffic for the backend while the circuit is open or half-open: the
     half-open trial is one small request the control plane sends itself, so no client request is
     spent finding out whether the backend has recovered.
@@ -107,4 +134,4 @@ class CircuitBreaker:
         return False
 
 
-__all__ = ["CircuitBreaker", "CircuitState", "Clock", "Liveness"]
+__all__ = ["CircuitBreaker", "CircuitState", "Clock", "Liveness", "ProbeVerdict", "probe_verdict"]

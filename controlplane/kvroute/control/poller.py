@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from kvroute.control.fleet import Backend, Fleet
-from kvroute.control.health import CircuitState
+from kvroute.control.health import CircuitState, ProbeVerdict, probe_verdict
 from kvroute.control.metrics import MetricsParseError, counters_reset, parse_metrics
 
 if TYPE_CHECKING:
@@ -150,13 +150,13 @@ class Poller:
     def _start_probes(self) -> None:
         for backend in self.fleet.all():
             if backend.breaker.state is CircuitState.HALF_OPEN and backend.id not in self._probes:
-                task = asyncio.get_running_loop().create_task(self._probe(backend), name=f"probe {backend.id}")
+                task = asyncio.get_running_loop().create_task(self.probe(backend), name=f"probe {backend.id}")
                 self._probes[backend.id] = task
                 task.add_done_callback(lambda _, key=backend.id: self._probes.pop(key, None))
 
-    async def _trial(self, backend: Backend) -> bool:
-        """One small request of the kind clients send; True unless it fails the way that opened the
-        circuit (no connection, timeout, 5xx). Without known models, /health has to do."""
+    async def _trial(self, backend: Backend) -> tuple[ProbeVerdict, int | None]:
+        """One small request of the kind clients send, and its verdict with the status (None: no
+        answer). Without known models, /health has to do."""
         try:
             if backend.models:
                 response = await self.client.post(
@@ -165,17 +165,23 @@ class Poller:
             else:
                 response = await self.client.get(backend.url + "/health", timeout=self.probe_timeout)
         except httpx.HTTPError:
-            return False
-        return response.status_code < 500
+            return ProbeVerdict.FAILED, None
+        return probe_verdict(response.status_code), response.status_code
 
-    async def _probe(self, backend: Backend) -> None:
-        ok = await self._trial(backend)
+    async def probe(self, backend: Backend) -> ProbeVerdict:
+        """The half-open trial: only a recovered verdict closes the circuit (health.probe_verdict)."""
+        verdict, status = await self._trial(backend)
+        if verdict is ProbeVerdict.REJECTED:
+            # Most often the model was unloaded or renamed: re-read /v1/models at the next poll so
+            # the next probe (and routing) use what the backend serves now.
+            backend.models_known = False
         if self.fleet.get(backend.id) is not backend or backend.breaker.state is not CircuitState.HALF_OPEN:
-            return  # removed, or a client request's outcome decided first
-        backend.breaker.record(ok)
-        log.info("backend %s: half-open probe %s, circuit %s", backend.id, "passed" if ok else "failed",
-                 backend.breaker.state.value)
+            return verdict  # removed, or a client request's outcome decided first
+        backend.breaker.record(verdict is ProbeVerdict.RECOVERED)
+        log.info("backend %s: half-open probe %s (status %s), circuit %s", backend.id, verdict.value,
+                 status, backend.breaker.state.value)
         self.fleet.push(backend)
+        return verdict
 
     async def close(self) -> None:
         """Cancel the probes and the polls still running (shielded from their callers' cancellation)."""
