@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 
 async def sse_events(resp: aiohttp.ClientResponse) -> list[Any]:
@@ -57,3 +61,38 @@ async def until(cond: Callable[[], bool], what: str = "condition") -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{what} never held")
+
+
+def write_bpe_tokenizer(path: str, corpus: list[str], special_tokens: list[str], vocab_size: int = 400,
+                        bos_token: str | None = None) -> str:
+    """Train a small byte-level BPE (every byte in the alphabet: any text tokenizes) and save it;
+    with `bos_token`, encoding with special tokens puts it in front, as Llama's tokenizer does."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos_token is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", special_tokens=[(bos_token, tok.token_to_id(bos_token))])
+    tok.save(path)
+    return path
+
+
+@asynccontextmanager
+async def sim_cli(*args: str) -> AsyncIterator[dict[str, Any]]:
+    """Run `kvroute sim ARGS` in a child process; yields its startup line (urls, profile...).
+    Leaving the block sends SIGTERM and requires a clean exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))",
+        *args, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        yield json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

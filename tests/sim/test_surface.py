@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 
 from kvroute.sim import SimFleet
 
-from .helpers import metric, parse_metrics, sse_events
+from .helpers import metric, parse_metrics, sim_cli, sse_events
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Say something nice."}]}
 
@@ -155,27 +154,13 @@ def test_threaded_fleet_and_cli_module() -> None:
 
 
 async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
-    import json
-    import signal
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))",
-        "--instances", "2", "--base-port", "0", "--per-token-delay", "0.001", "--num-gpu-blocks", "64",
-        "--fault", "1:error_rate:1", stdout=asyncio.subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+    async with sim_cli("--instances", "2", "--base-port", "0", "--per-token-delay", "0.001",
+                       "--num-gpu-blocks", "64", "--fault", "1:error_rate:1") as info:
         assert info["num_gpu_blocks"] == 64 and len(info["urls"]) == 2
         async with http.post(info["urls"][0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}) as r:
             assert r.status == 200
         async with http.post(info["urls"][1] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}) as r:
             assert r.status == 500
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_eos_probability_and_ignore_eos(http: aiohttp.ClientSession) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from kvroute.control.metrics import parse_metrics as router_parse
 from kvroute.sim import SimFleet
 from kvroute.sim.tokenizer import HashTokenizer, TemplateError, apply_chat_template
 
-from .helpers import until
+from .helpers import until, write_bpe_tokenizer
 
 CORPUS = ["the quick brown fox jumps over the lazy dog", "a cat sat on the mat and the sun set",
           "you can see how far the road goes", "one two big red key map log set get put add"] * 20
@@ -21,15 +21,7 @@ CORPUS = ["the quick brown fox jumps over the lazy dog", "a cat sat on the mat a
 
 @pytest.fixture
 def tokenizer_json(tmp_path) -> str:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    path = tmp_path / "tokenizer.json"
-    tok.save(str(path))
-    return str(path)
+    return write_bpe_tokenizer(str(tmp_path / "tokenizer.json"), CORPUS, ["<|im_start|>", "<|im_end|>"])
 
 
 async def test_real_tokenizer_counts(http: aiohttp.ClientSession, tokenizer_json: str) -> None:

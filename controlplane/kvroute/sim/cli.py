@@ -24,7 +24,12 @@ def build_parser(prog: str = "kvroute sim") -> argparse.ArgumentParser:
     p.add_argument("--per-token-delay", type=float, default=None,
                    help="every engine step takes exactly this many simulated seconds (overrides the profile's timing)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer", default=None, help="a tokenizers JSON file (default: built-in ~4 bytes/token)")
+    p.add_argument("--tokenizer", default=None,
+                   help="a model's tokenizer.json or its directory (default: built-in ~4 bytes/token); chats are "
+                        "rendered with the model's chat template beside it (chat_template.jinja, tokenizer_config.json)")
+    p.add_argument("--chat-template", default=None, metavar="NAME|PATH|TEMPLATE",
+                   help="like vLLM's flag: a Jinja file or inline template; or built-in chatml/llama3 "
+                        "(default: the tokenizer's own, else the profile's)")
     p.add_argument("--default-max-tokens", type=int, default=128,
                    help="answer length when a request sets no max_tokens (finish_reason stop)")
     p.add_argument("--eos-probability", type=float, default=0.0,
@@ -41,7 +46,7 @@ def build_parser(prog: str = "kvroute sim") -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("block_size", "num_gpu_blocks", "max_num_seqs",
-                                               "max_num_batched_tokens", "max_model_len")}
+                                               "max_num_batched_tokens", "max_model_len", "chat_template")}
     fleet = SimFleet(instances=args.instances, base_port=args.base_port, profile=args.profile,
                      model=args.model or ["sim-model"], time_scale=args.time_scale,
                      per_token_delay=args.per_token_delay, seed=args.seed, host=args.host,
@@ -60,6 +65,7 @@ async def _serve(args: argparse.Namespace) -> int:
         prof = fleet.profile
         print(json.dumps({"profile": prof.name, "num_gpu_blocks": prof.kv_blocks(), "block_size": prof.block_size,
                           "max_num_seqs": prof.max_num_seqs, "max_num_batched_tokens": prof.max_num_batched_tokens,
+                          "chat_template": fleet.chat.source if fleet.chat else None,
                           "time_scale": args.time_scale, "urls": fleet.urls}), flush=True)
         await stop.wait()
     return 0

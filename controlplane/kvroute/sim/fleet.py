@@ -7,6 +7,7 @@ import concurrent.futures
 import threading
 from typing import Any
 
+from .chat_template import ChatPrompt, load_chat
 from .engine import SimClock
 from .profiles import Profile, load_profile
 from .server import SimInstance
@@ -35,6 +36,8 @@ class SimFleet:
         self.n = instances
         self.base_port = base_port
         self.profile = load_profile(profile, **engine_overrides)
+        # Named here, a template beats the tokenizer directory's own; from the profile it does not.
+        self.chat_template_override: str | None = engine_overrides.get("chat_template")
         self.models = [model] if isinstance(model, str) else list(model)
         self.time_scale = time_scale
         self.per_token_delay = per_token_delay
@@ -46,6 +49,7 @@ class SimFleet:
         self.enable_prefix_caching = enable_prefix_caching
         self.instances: list[SimInstance] = []
         self.clock: SimClock | None = None
+        self.chat: ChatPrompt | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -54,11 +58,12 @@ class SimFleet:
     async def start(self) -> SimFleet:
         self.clock = SimClock(self.time_scale)
         tok = load_tokenizer(self.tokenizer_path)
+        self.chat = chat = load_chat(tok, self.tokenizer_path, self.chat_template_override, self.profile.chat_template)
         try:
             for i in range(self.n):
                 inst = SimInstance(
                     i, host=self.host, port=self.base_port + i if self.base_port else 0, clock=self.clock,
-                    profile=self.profile, models=self.models, tokenizer=tok, seed=self.seed,
+                    profile=self.profile, models=self.models, tokenizer=tok, chat=chat, seed=self.seed,
                     per_token_delay=self.per_token_delay, default_max_tokens=self.default_max_tokens,
                     eos_probability=self.eos_probability,
                     enable_prefix_caching=self.enable_prefix_caching)

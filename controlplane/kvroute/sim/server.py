@@ -15,10 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from .chat_template import ChatPrompt
 from .engine import FINISHED, Engine, Request, SimClock
 from .metrics import render
 from .profiles import Profile
-from .tokenizer import TemplateError, Tokenizer, render_chat
+from .tokenizer import TemplateError, Tokenizer
 
 FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "none")
 
@@ -64,7 +65,7 @@ class SimInstance:
     """A vLLM server on host:port. Fault control: `await inst.set_fault(mode, value)`."""
 
     def __init__(self, index: int, *, host: str, port: int, clock: SimClock, profile: Profile,
-                 models: list[str], tokenizer: Tokenizer, seed: int = 0,
+                 models: list[str], tokenizer: Tokenizer, chat: ChatPrompt, seed: int = 0,
                  per_token_delay: float | None = None, default_max_tokens: int = 128,
                  eos_probability: float = 0.0, enable_prefix_caching: bool = True) -> None:
         self.index = index
@@ -72,6 +73,7 @@ class SimInstance:
         self.port = port
         self.models = models
         self.tokenizer = tokenizer
+        self.chat = chat
         self.profile = profile
         self.engine = Engine(profile, clock, per_token_delay=per_token_delay, seed=seed, index=index,
                              default_max_tokens=default_max_tokens, eos_probability=eos_probability,
@@ -328,20 +330,18 @@ class SimInstance:
         return body
 
     def _prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
-        tok = self.tokenizer
-        template = self.profile.chat_template
         if chat:
             if "messages" not in body:
                 raise BadRequest("'messages' is required", param="messages")
             try:
-                return tok.encode_segments(render_chat(template, body["messages"]))
+                return self.chat.prompt_ids(body["messages"])
             except TemplateError as e:
-                raise BadRequest(str(e), param="messages") from None
+                raise BadRequest(str(e), param=e.param) from None
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str) and prompt:
-            return tok.encode_prompt(prompt, template)
+            return self.tokenizer.encode_prompt(prompt, self.profile.chat_template)
         if (isinstance(prompt, list) and prompt
                 and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)):
             return list(prompt)  # token ids, used as given (vLLM adds nothing to them)

@@ -3,13 +3,15 @@
 The default tokenizer needs no files: it cuts text into short pieces (3.5 to 4 bytes each, like
 a BPE tokenizer on English) and hashes each piece to a stable id, so the same text always gives
 the same ids and a shared text prefix gives a shared token prefix, which is all the prefix
-cache needs. `--tokenizer PATH` loads a real `tokenizers` JSON so counts match a real model.
+cache needs. `--tokenizer PATH` loads a real `tokenizers` JSON so counts match a real model
+(and chat_template.py then renders chats with that model's own template, if it has one).
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from pathlib import Path
 from typing import Any, Protocol
 
 # Special markers of the chat templates are single tokens, as in the real vocabularies.
@@ -107,12 +109,12 @@ class HashTokenizer:
 
 
 class HFTokenizer:
-    """A `tokenizers` JSON file (e.g. a model's tokenizer.json)."""
+    """A `tokenizers` JSON file (e.g. a model's tokenizer.json), or the model directory holding it."""
 
     def __init__(self, path: str) -> None:
         from tokenizers import Tokenizer as _T
 
-        self._tok = _T.from_file(path)
+        self._tok = _T.from_file(str(Path(path) / "tokenizer.json") if Path(path).is_dir() else path)
         self.name = path
         self._out: list[int] = []
         for w in OUTPUT_WORDS:
@@ -147,12 +149,22 @@ def completion_prefix(template: str) -> str:
     return "<|begin_of_text|>" if template == "llama3" else ""
 
 
+def tokenizer_dir(path: str) -> Path:
+    """The model directory of a tokenizer, given the directory or its tokenizer.json."""
+    p = Path(path)
+    return p if p.is_dir() else p.parent
+
+
 def load_tokenizer(path: str | None) -> Tokenizer:
     return HFTokenizer(path) if path else HashTokenizer()
 
 
 class TemplateError(ValueError):
-    pass
+    """A chat the template cannot render: the client gets a 400 naming `param`."""
+
+    def __init__(self, message: str, param: str | None = "messages") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def _content_text(content: Any) -> str:
@@ -171,7 +183,29 @@ def _content_text(content: Any) -> str:
     raise TemplateError("message content must be a string or a list of text parts")
 
 
+BUILTIN_TEMPLATES = ("chatml", "llama3")
 _QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+# What vLLM keeps of an OpenAI message besides role and content, for templates that render tools.
+_PASSED_KEYS = ("name", "tool_calls", "tool_call_id")
+
+
+def chat_messages(messages: Any) -> list[dict[str, Any]]:
+    """Validated messages as a chat template sees them: content flattened to text (vLLM's
+    "string" content format), role, and the tool fields a template may render."""
+    if not isinstance(messages, list) or not messages:
+        raise TemplateError("'messages' must be a non-empty list")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise TemplateError("each message must be an object with a string 'role'")
+        if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
+            raise TemplateError(f"unknown role {m['role']!r}")
+        msg = {"role": m["role"], "content": _content_text(m.get("content"))}
+        msg.update((k, m[k]) for k in _PASSED_KEYS if m.get(k) is not None)
+        out.append(msg)
+    return out
 
 
 def apply_chat_template(template: str, messages: list[Any]) -> str:
@@ -183,15 +217,7 @@ def render_chat(template: str, messages: list[Any]) -> list[str]:
     with the generation prompt. Every turn renders independently of later turns, so a conversation's next request starts with
     the previous request's prompt (minus its generation prompt) and shares its cached blocks.
     Returns the prompt as segments, one per turn, each starting with a special marker."""
-    if not isinstance(messages, list) or not messages:
-        raise TemplateError("'messages' must be a non-empty list")
-    turns: list[tuple[str, str]] = []
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise TemplateError("each message must be an object with a string 'role'")
-        if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
-            raise TemplateError(f"unknown role {m['role']!r}")
-        turns.append((m["role"], _content_text(m.get("content"))))
+    turns = [(m["role"], m["content"]) for m in chat_messages(messages)]
     if template == "llama3":
         out = ["<|begin_of_text|>"]
         system = ""
