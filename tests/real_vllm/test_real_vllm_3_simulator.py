@@ -50,12 +50,19 @@ def hits(url: str) -> float:
 
 def hits_for(url: str, prompts: list[str]) -> float:
     """Prefix-cache hit tokens the server reports for this sequence, sent one by one."""
+    return hits_and_prompt_tokens(url, "/v1/completions", [{"prompt": p} for p in prompts])[0]
+
+
+def hits_and_prompt_tokens(url: str, path: str, bodies: list[dict]) -> tuple[float, list[int]]:
+    """Hit tokens for these requests sent one by one, and each request's usage.prompt_tokens."""
     before = hits(url)
+    prompt_tokens = []
     with httpx.Client(base_url=url, timeout=60) as client:
-        for prompt in prompts:
-            resp = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
+        for body in bodies:
+            resp = client.post(path, json={"model": MODEL, "max_tokens": 2, **body})
             assert resp.status_code == 200, resp.text
-    return hits(url) - before
+            prompt_tokens.append(resp.json()["usage"]["prompt_tokens"])
+    return hits(url) - before, prompt_tokens
 
 
 def hits_for_burst(url: str, prompts: list[str]) -> float:
@@ -73,11 +80,22 @@ def hits_for_burst(url: str, prompts: list[str]) -> float:
 
 
 def test_simulator_prefix_hits_match_vllm(vllm_pair: list[vllm_fleet.VllmServer], sim_url: str) -> None:
-    # Completions only: the simulator applies its own chat templates, not the tiny model's.
     prompts = workload.shared_prefix_sequence("sim-fidelity") + workload.conversation_sequence("sim-fidelity")
     real = hits_for(vllm_pair[0].url, prompts)
     simulated = hits_for(sim_url, prompts)
     print(f"prefix cache hit tokens: vllm {real}, sim {simulated}")  # shown with -s, and on failure
+    assert real > 0
+    assert abs(simulated - real) <= 0.05 * real, {"vllm": real, "sim": simulated}
+
+
+def test_simulator_chat_matches_vllm(vllm_pair: list[vllm_fleet.VllmServer], sim_url: str) -> None:
+    """Chat goes through the model's own Jinja template on both sides (the tiny model ships one
+    next to tokenizer.json): the same prompt token counts, request by request, and the same hits."""
+    bodies = [{"messages": m} for m in workload.chat_conversation("sim-chat")]
+    real, real_tokens = hits_and_prompt_tokens(vllm_pair[0].url, "/v1/chat/completions", bodies)
+    simulated, sim_tokens = hits_and_prompt_tokens(sim_url, "/v1/chat/completions", bodies)
+    print(f"chat prefix cache hit tokens: vllm {real}, sim {simulated}")  # shown with -s, and on failure
+    assert sim_tokens == real_tokens
     assert real > 0
     assert abs(simulated - real) <= 0.05 * real, {"vllm": real, "sim": simulated}
 

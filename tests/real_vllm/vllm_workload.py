@@ -41,3 +41,16 @@ def conversation_sequence(tag: str, turns: int = 5, words_per_turn: int = 90) ->
         history += "\n" + text(f"{tag}-turn{turn}", words_per_turn)
         prompts.append(history)
     return prompts
+
+
+def chat_conversation(tag: str, turns: int = 5, words_per_turn: int = 90) -> list[list[dict[str, str]]]:
+    """One growing chat: request i is the system prompt and turns 0..i, each turn a user message and,
+    before the next one, a fixed assistant reply (the client's copy of the answer, as chat clients
+    resend it), so every request extends the previous one through the model's chat template."""
+    history = [{"role": "system", "content": text(f"{tag}-system", 40)}]
+    requests = []
+    for turn in range(turns):
+        history.append({"role": "user", "content": text(f"{tag}-user{turn}", words_per_turn)})
+        requests.append(list(history))
+        history.append({"role": "assistant", "content": text(f"{tag}-reply{turn}", words_per_turn // 3)})
+    return requests
