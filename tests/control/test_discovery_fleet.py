@@ -74,32 +74,30 @@ async def test_kubernetes_discovery_drives_the_fleet(sims):
     import aiohttp
     import kmock
 
-    from tests.control.k8s_fake import PATH, FakeKubernetes, endpoint_slice, ready, terminating
+    from tests.control.k8s_fake import FakeKubernetes, SliceClient, endpoint_slice, ready, terminating
 
     ports = [int(url.rsplit(":", 1)[1]) for url in sims.urls]
     ids = [bid(url) for url in sims.urls]
     async with FakeKubernetes() as fake, kmock.Server(fake) as server, aiohttp.ClientSession() as http:
         api = str(server.url).rstrip("/")
-        slices = api + PATH.format(ns="inference")
-
-        async def call(method: str, path: str = "", **kwargs: object) -> None:
-            async with http.request(method, slices + path, **kwargs) as response:
-                assert response.status < 300, await response.text()
-
-        await call("POST", json=endpoint_slice("vllm-a", [ready("127.0.0.1")], port=ports[0], namespace="inference"))
-        async with control_only(discovery="kubernetes", k8s_namespace="inference", k8s_label_selector="app=vllm",
+        slices = SliceClient(http, api)
+        await slices.create(endpoint_slice("vllm-a", [ready("127.0.0.1")], port=ports[0], namespace="inference"))
+        # Another service's slice in the same namespace, with the same app label: never a backend.
+        await slices.create(endpoint_slice("web-a", [ready("127.0.0.3")], port=ports[0], namespace="inference",
+                                           service="web"))
+        async with control_only(discovery="kubernetes", k8s_namespace="inference",
+                                k8s_label_selector="kubernetes.io/service-name=vllm",
                                 k8s_port_name="http", k8s_api_server=api, poll_interval=0.5,
                                 poll_timeout=0.5) as gateway:
             fleet = gateway.fleet
             await wait_until(lambda: fleet.get(ids[0]) is not None and fleet.get(ids[0]).routable(),
                              "the first slice's endpoint serves")
-            await call("POST", json=endpoint_slice("vllm-b", [ready("127.0.0.1")], port=ports[1],
-                                                   namespace="inference"))
+            await slices.create(endpoint_slice("vllm-b", [ready("127.0.0.1")], port=ports[1], namespace="inference"))
             await wait_until(lambda: fleet.get(ids[1]) is not None and fleet.get(ids[1]).routable(),
                              "an added slice's endpoint serves")
-            await call("PATCH", "/vllm-b", json={"endpoints": [terminating("127.0.0.1")]},
-                       headers={"Content-Type": "application/merge-patch+json"})
+            await slices.patch("vllm-b", {"endpoints": [terminating("127.0.0.1")]}, ns="inference")
             await wait_until(lambda: fleet.get(ids[1]).draining, "a terminating endpoint drains")
-            await call("DELETE", "/vllm-a")
+            await slices.delete("vllm-a", ns="inference")
             await wait_until(lambda: fleet.get(ids[0]) is None, "a deleted slice's endpoint leaves")
             assert fleet.get(ids[1]) is not None and not fleet.get(ids[1]).routable()
+            assert {b.id for b in fleet.all()} <= set(ids)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from kvroute.control.discovery import DnsDiscovery, FileDiscovery, Target
+from kvroute.control.discovery import DnsDiscovery, FileDiscovery, KubernetesDiscovery, Target
 
 
 class Sets:
@@ -90,54 +90,110 @@ async def test_dns_discovery_follows_records():
 
 @pytest.fixture
 async def fake_kubernetes():
+    """The fake API server and a client for its EndpointSlices (`fake.slices`)."""
+    import aiohttp
     import kmock
 
-    from tests.control.k8s_fake import FakeKubernetes
+    from tests.control.k8s_fake import FakeKubernetes, SliceClient
 
-    async with FakeKubernetes() as fake, kmock.Server(fake) as server:
+    async with FakeKubernetes() as fake, kmock.Server(fake) as server, aiohttp.ClientSession() as http:
         fake.base = str(server.url).rstrip("/")
+        fake.slices = SliceClient(http, fake.base)
         yield fake
 
 
-async def test_kubernetes_discovery_add_update_delete_and_watch_restart(fake_kubernetes):
-    import aiohttp
+def slice_watcher(fake, selector: str = "kubernetes.io/service-name=vllm") -> KubernetesDiscovery:
+    """Discovery of the default namespace's slices matching `selector`, from the fake API server."""
+    return KubernetesDiscovery("default", selector, "http", 1, api_server=fake.base)
 
-    from kvroute.control.discovery import KubernetesDiscovery
-    from tests.control.k8s_fake import ENDPOINTSLICES, PATH, endpoint_slice, ready, terminating
+
+async def test_kubernetes_discovery_add_update_delete_and_watch_restart(fake_kubernetes):
+    from tests.control.k8s_fake import ENDPOINTSLICES, endpoint_slice, ready, terminating
 
     fake = fake_kubernetes
-    url = fake.base + PATH.format(ns="default")
-    async with aiohttp.ClientSession() as http:
-        async def call(method, path="", **kwargs):
-            async with http.request(method, url + path, **kwargs) as response:
-                assert response.status < 300, await response.text()
+    api = fake.slices
+    await api.create(endpoint_slice("a", [ready("10.0.0.1")]))
+    sets = Sets()
+    async with running(slice_watcher(fake, "app=vllm"), sets):
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.1:8000"})
+        # add
+        await api.create(endpoint_slice("b", [ready("10.0.0.2"), terminating("10.0.0.3")]))
+        got = await sets.wait_for(lambda s: len(s) == 3)
+        assert got["http://10.0.0.3:8000"].draining and not got["http://10.0.0.2:8000"].draining
+        # update
+        await api.patch("a", {"endpoints": [ready("10.0.0.4")]})
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.4:8000", "http://10.0.0.2:8000",
+                                                 "http://10.0.0.3:8000"})
+        # delete
+        await api.delete("b")
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.4:8000"})
+        # Watch restart: while the stream is down, "a" goes away without an event and "c" appears.
+        # Resuming the watch cannot tell about "a"; only the relist that 410 forces can.
+        lists = fake.lists
+        fake.objects[ENDPOINTSLICES, "default", "a"].delete()
+        fake.objects[ENDPOINTSLICES, "default", "c"] = endpoint_slice("c", [ready("10.0.0.5")])
+        fake.expire_next_watch = True
+        fake.drop_watches()
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.5:8000"})
+        assert fake.expired == 1 and fake.lists == lists + 1
+        # And it keeps watching after the relist.
+        await api.create(endpoint_slice("d", [ready("10.0.0.6")]))
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.5:8000", "http://10.0.0.6:8000"})
 
-        await call("POST", json=endpoint_slice("a", [ready("10.0.0.1")]))
-        sets = Sets()
-        source = KubernetesDiscovery("default", "app=vllm", "http", 1, api_server=fake.base)
-        async with running(source, sets):
-            await sets.wait_for(lambda s: set(s) == {"http://10.0.0.1:8000"})
-            # add
-            await call("POST", json=endpoint_slice("b", [ready("10.0.0.2"), terminating("10.0.0.3")]))
-            got = await sets.wait_for(lambda s: len(s) == 3)
-            assert got["http://10.0.0.3:8000"].draining and not got["http://10.0.0.2:8000"].draining
-            # update
-            await call("PATCH", "/a", json={"endpoints": [ready("10.0.0.4")]},
-                       headers={"Content-Type": "application/merge-patch+json"})
-            await sets.wait_for(lambda s: set(s) == {"http://10.0.0.4:8000", "http://10.0.0.2:8000",
-                                                     "http://10.0.0.3:8000"})
-            # delete
-            await call("DELETE", "/b")
-            await sets.wait_for(lambda s: set(s) == {"http://10.0.0.4:8000"})
-            # Watch restart: while the stream is down, "a" goes away without an event and "c" appears.
-            # Resuming the watch cannot tell about "a"; only the relist that 410 forces can.
-            lists = fake.lists
-            fake.objects[ENDPOINTSLICES, "default", "a"].delete()
-            fake.objects[ENDPOINTSLICES, "default", "c"] = endpoint_slice("c", [ready("10.0.0.5")])
-            fake.expire_next_watch = True
-            fake.drop_watches()
-            await sets.wait_for(lambda s: set(s) == {"http://10.0.0.5:8000"})
-            assert fake.expired == 1 and fake.lists == lists + 1
-            # And it keeps watching after the relist.
-            await call("POST", json=endpoint_slice("d", [ready("10.0.0.6")]))
-            await sets.wait_for(lambda s: set(s) == {"http://10.0.0.5:8000", "http://10.0.0.6:8000"})
+
+async def test_kubernetes_discovery_picks_only_the_slices_of_its_service(fake_kubernetes):
+    from tests.control.k8s_fake import endpoint_slice, ready
+
+    fake = fake_kubernetes
+    api = fake.slices
+    await api.create(endpoint_slice("vllm-a", [ready("10.0.0.1")]))
+    # Same namespace and app label, another service; and this service's name in another namespace.
+    await api.create(endpoint_slice("canary-a", [ready("10.0.1.1")], service="vllm-canary"))
+    await api.create(endpoint_slice("vllm-x", [ready("10.0.2.1")], namespace="other"))
+    sets = Sets()
+    async with running(slice_watcher(fake), sets):
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.1:8000"})
+        await api.create(endpoint_slice("canary-b", [ready("10.0.1.2")], service="vllm-canary"))
+        await api.patch("canary-a", {"endpoints": [ready("10.0.1.3")]})
+        await api.create(endpoint_slice("vllm-b", [ready("10.0.0.2")]))
+        # Events arrive in order: once vllm-b is in, the canary changes before it were passed over.
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.1:8000", "http://10.0.0.2:8000"})
+        # A slice relabelled away from the service leaves: the watch reports it DELETED.
+        await api.patch("vllm-a", {"metadata": {"labels": {"kubernetes.io/service-name": "gone"}}})
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.2:8000"})
+    assert set().union(*sets.sets) == {"http://10.0.0.1:8000", "http://10.0.0.2:8000"}
+
+
+async def test_kubernetes_discovery_resumes_its_watch_without_losing_or_replaying_events(fake_kubernetes):
+    from tests.control.k8s_fake import endpoint_slice, ready
+
+    fake = fake_kubernetes
+    api = fake.slices
+    await api.create(endpoint_slice("a", [ready("10.0.0.1")]))
+    sets = Sets()
+    source = slice_watcher(fake)
+    async with running(source, sets):
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.1:8000"})
+        await api.create(endpoint_slice("b", [ready("10.0.0.2")]))
+        await sets.wait_for(lambda s: len(s) == 2)
+        last_seen = source.resource_version
+        assert last_seen == str(fake.version)
+        # The stream breaks, and three changes happen while no watch is open.
+        fake.watches_open.clear()
+        fake.drop_watches()
+        await api.create(endpoint_slice("c", [ready("10.0.0.3")]))
+        await api.patch("a", {"endpoints": [ready("10.0.0.4")]})
+        await api.delete("b")
+        applied, lists = len(sets.sets), fake.lists
+        fake.watches_open.set()
+        await sets.wait_for(lambda s: set(s) == {"http://10.0.0.4:8000", "http://10.0.0.3:8000"})
+        resumed = fake.watch_log[-1]
+        assert resumed.resource_version == last_seen  # from where the broken watch left off
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in resumed.sent] == [
+            ("ADDED", "c"), ("MODIFIED", "a"), ("DELETED", "b")]  # nothing lost, nothing replayed
+        assert fake.lists == lists  # resumed, not relisted
+        assert [set(s) for s in sets.sets[applied:]] == [  # one update per event, in order
+            {"http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"},
+            {"http://10.0.0.4:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"},
+            {"http://10.0.0.4:8000", "http://10.0.0.3:8000"}]
+        assert source.resource_version == str(fake.version)
