@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator
 
-import httpx
 import pytest
 from aiohttp import web
 
@@ -18,7 +17,17 @@ from kvroute.config import Settings
 from kvroute.control.fleet import Backend, Fleet
 from kvroute.control.health import CircuitState, ProbeVerdict, probe_verdict
 from kvroute.control.poller import Poller
+from kvroute.proxy.upstream import UpstreamPool
 from tests.control.test_health import Clock
+
+
+@contextlib.asynccontextmanager
+async def pool() -> AsyncIterator[UpstreamPool]:
+    client = UpstreamPool(connect_timeout=5.0)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(("status", "verdict"), [
@@ -77,7 +86,7 @@ async def test_only_a_2xx_probe_closes_the_circuit(status, verdict, closed):
     clock = Clock()
     settings = Settings()
     fleet = Fleet(Router("round_robin"), settings, clock=clock)
-    async with backend_answering() as (answers, url), httpx.AsyncClient() as client:
+    async with backend_answering() as (answers, url), pool() as client:
         backend = fleet.add(url, models=["m"])
         poller = Poller(fleet, client, settings)
         half_open(fleet, backend, clock)
@@ -99,7 +108,7 @@ async def test_a_rejected_probe_makes_the_next_poll_reread_the_models():
     clock = Clock()
     settings = Settings()
     fleet = Fleet(Router("round_robin"), settings, clock=clock)
-    async with backend_answering() as (answers, url), httpx.AsyncClient() as client:
+    async with backend_answering() as (answers, url), pool() as client:
         backend = fleet.add(url, models=["gone"])
         assert backend.models_known
         half_open(fleet, backend, clock)
@@ -114,7 +123,7 @@ async def test_a_probe_with_no_answer_keeps_the_circuit_open():
     fleet = Fleet(Router("round_robin"), settings, clock=clock)
     async with backend_answering() as (_, url):
         pass  # the server is gone: its port refuses connections
-    async with httpx.AsyncClient() as client:
+    async with pool() as client:
         backend = fleet.add(url, models=["m"])
         half_open(fleet, backend, clock)
         assert await Poller(fleet, client, settings).probe(backend) is ProbeVerdict.FAILED

@@ -8,14 +8,15 @@ must parse and /health must answer 2xx.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
-
-import httpx
 
 from kvroute.control.fleet import Backend, Fleet
 from kvroute.control.health import CircuitState, ProbeVerdict, probe_verdict
 from kvroute.control.metrics import MetricsParseError, counters_reset, parse_metrics
+from kvroute.proxy.upstream import UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from kvroute.config import Settings
@@ -44,7 +45,7 @@ def parse_models(payload: Any) -> list[str]:
 
 
 class Poller:
-    def __init__(self, fleet: Fleet, client: httpx.AsyncClient, settings: Settings,
+    def __init__(self, fleet: Fleet, client: UpstreamPool, settings: Settings,
                  errors: PollErrorSink | None = None) -> None:
         self.fleet = fleet
         self.client = client
@@ -54,24 +55,23 @@ class Poller:
         self.rounds = 0
         # The half-open trial is a real (one-token) completion: give it the data plane's patience.
         self.probe_timeout = settings.first_byte_timeout
-        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._probes: dict[str, asyncio.Task[ProbeVerdict]] = {}
         self._busy: dict[str, asyncio.Future[bool]] = {}
 
-    async def _get(self, url: str) -> httpx.Response:
+    async def _get(self, backend: Backend, path: bytes) -> bytes:
+        """The body of a 2xx answer to GET `path`; anything else is a PollFailed."""
         try:
-            response = await self.client.get(url, timeout=self.timeout)
-        except httpx.TimeoutException as exc:
-            raise PollFailed("timeout", repr(exc)) from None
-        except httpx.HTTPError as exc:
-            raise PollFailed("connect", repr(exc)) from None
-        if response.status_code >= 400:
-            raise PollFailed("http_status", f"{url} answered {response.status_code}")
-        return response
+            status, body = await self.client.fetch(backend.url, path, self.timeout)
+        except UpstreamError as exc:
+            raise PollFailed("timeout" if exc.kind == "timeout" else "connect", str(exc)) from None
+        if status >= 400:
+            raise PollFailed("http_status", f"{backend.url}{path.decode()} answered {status}")
+        return body
 
     async def _refresh_models(self, backend: Backend) -> None:
-        response = await self._get(backend.url + "/v1/models")
+        body = await self._get(backend, b"/v1/models")
         try:
-            models = parse_models(response.json())
+            models = parse_models(json.loads(body))
         except ValueError as exc:
             raise PollFailed("parse", f"/v1/models: {exc}") from None
         backend.models = models
@@ -79,18 +79,17 @@ class Poller:
 
     async def _poll(self, backend: Backend) -> None:
         # /health and /metrics in parallel: together they cost one round trip, not two.
-        health, page = await asyncio.gather(
-            self._get(backend.url + "/health"), self._get(backend.url + "/metrics"))
-        del health
+        _, raw = await asyncio.gather(self._get(backend, b"/health"), self._get(backend, b"/metrics"))
+        page = raw.decode("utf-8", "replace")
         try:
-            metrics = parse_metrics(page.text)
+            metrics = parse_metrics(page)
         except MetricsParseError as exc:
             raise PollFailed("parse", str(exc)) from None
         # A page that answers but no longer moves (a wedged exporter, a caching proxy in front, an
         # engine that stopped stepping) is as useless as no page. An idle server's page may stand
         # still, so it only counts while the page itself says requests are running: a working engine
         # changes its token counters and histograms every step.
-        digest = hash(page.text)
+        digest = hash(page)
         frozen = digest == backend.page_digest and bool(metrics.running)
         backend.page_digest = digest
         if frozen:
@@ -152,21 +151,23 @@ class Poller:
             if backend.breaker.state is CircuitState.HALF_OPEN and backend.id not in self._probes:
                 task = asyncio.get_running_loop().create_task(self.probe(backend), name=f"probe {backend.id}")
                 self._probes[backend.id] = task
-                task.add_done_callback(lambda _, key=backend.id: self._probes.pop(key, None))
+                task.add_done_callback(functools.partial(self._probe_done, backend.id))
+
+    def _probe_done(self, key: str, _: asyncio.Task[ProbeVerdict]) -> None:
+        self._probes.pop(key, None)
 
     async def _trial(self, backend: Backend) -> tuple[ProbeVerdict, int | None]:
         """One small request of the kind clients send, and its verdict with the status (None: no
         answer). Without known models, /health has to do."""
         try:
             if backend.models:
-                response = await self.client.post(
-                    backend.url + "/v1/completions", timeout=self.probe_timeout,
-                    json={"model": backend.models[0], "prompt": "ping", "max_tokens": 1})
+                ping = json.dumps({"model": backend.models[0], "prompt": "ping", "max_tokens": 1}).encode()
+                status, _ = await self.client.fetch(backend.url, b"/v1/completions", self.probe_timeout, ping)
             else:
-                response = await self.client.get(backend.url + "/health", timeout=self.probe_timeout)
-        except httpx.HTTPError:
+                status, _ = await self.client.fetch(backend.url, b"/health", self.probe_timeout)
+        except UpstreamError:
             return ProbeVerdict.FAILED, None
-        return probe_verdict(response.status_code), response.status_code
+        return probe_verdict(status), status
 
     async def probe(self, backend: Backend) -> ProbeVerdict:
         """The half-open trial: only a recovered verdict closes the circuit (health.probe_verdict)."""
@@ -185,7 +186,7 @@ class Poller:
 
     async def close(self) -> None:
         """Cancel the probes and the polls still running (shielded from their callers' cancellation)."""
-        pending = [*self._probes.values(), *self._busy.values()]
+        pending: list[asyncio.Future[Any]] = [*self._probes.values(), *self._busy.values()]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -139,20 +139,12 @@ class Dispatcher:
         return [b for b in self.fleet.all() if getattr(b, "healthy", True)]
 
     async def _fetch_models(self, url: str) -> list[object]:
-        target = self.pool.target(url)
-        head = b"GET %b/v1/models HTTP/1.1\r\nhost: %b\r\naccept: application/json\r\n\r\n" % (
-            target.prefix, target.host_header)
-        up = None
         try:
-            up = await self.pool.exchange(target, head, b"", self.settings.connect_timeout)
-            body = await up.read_all(self.settings.connect_timeout)
-            data = json.loads(body).get("data", []) if up.status == 200 else []
+            status, body = await self.pool.fetch(url, b"/v1/models", self.settings.connect_timeout)
+            data = json.loads(body).get("data", []) if status == 200 else []
             return data if isinstance(data, list) else []
         except (UpstreamError, ValueError, AttributeError):
             return []
-        finally:
-            if up is not None:
-                up.finish()
 
     # -- the proxied path --
 
