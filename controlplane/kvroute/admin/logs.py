@@ -69,10 +69,6 @@ def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
-    # The poller makes several requests per backend per second; the HTTP client's own per-request
-    # lines would drown everything else.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler
 
 
