@@ -89,6 +89,8 @@ class Settings:
     log_format: str = "text"  # text | json
     log_level: str = "info"
     admin_token: str = ""
+    # The admin API's changes, shared by every worker and kept across restarts (control/shared_state.py).
+    admin_state_file: str = ""
 
 
 _HELP = {
@@ -96,6 +98,7 @@ _HELP = {
     "discovery": "where backends come from besides --backend: static, file, dns, kubernetes",
     "policy": "routing policy: cost, round_robin, random, least_inflight, power_of_two, least_load, prefix_hash, session",
     "admin_token": "bearer token for the admin API (better given as KVROUTE_ADMIN_TOKEN)",
+    "admin_state_file": "file where admin API changes are kept, applied by every worker and on restart",
 }
 
 

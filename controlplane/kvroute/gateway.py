@@ -4,7 +4,7 @@
 connections over them). Each worker is a whole gateway: its own native core (in-flight counts,
 tickets, prefix index, wait queue), its own control plane polling the same backends, its own upstream
 connection pool. They share only the listening port and the configuration. Worker 0 alone serves the
-admin API, so the admin API shows and steers worker 0's core (docs/proxy.md).
+admin API: it shows worker 0's core; its changes reach every worker (control/shared_state.py).
 """
 
 from __future__ import annotations

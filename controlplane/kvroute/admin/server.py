@@ -74,6 +74,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     fleet = gateway.fleet
     router = gateway.router
     observer = gateway.observer
+    # Every change is also recorded for the other workers and for restarts (control/shared_state.py).
+    shared = gateway.control.shared
 
     def require_token(request: Request) -> None:
         token = settings.admin_token
@@ -136,6 +138,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if existing is not None and not existing.retiring:
             raise AdminError(409, f"backend {backend_id!r} exists (source {existing.source})", "conflict_error")
         await gateway.control.add_backend(body.url, source="admin")
+        shared.added(body.url)
         log.info("admin: added backend %s", backend_id)
         return backend_state(backend_id)
 
@@ -145,6 +148,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         backend_state(backend_id)
         fleet.retire(backend_id)
         fleet.tick()
+        shared.removed(backend_id)
         log.info("admin: removing backend %s", backend_id)
         return {"id": backend_id, "removed": fleet.get(backend_id) is None}
 
@@ -153,6 +157,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def drain(backend_id: str) -> dict[str, Any]:
         backend_state(backend_id)
         fleet.set_drained(backend_id, True)
+        shared.drained(backend_id, True)
         log.info("admin: drained backend %s", backend_id)
         return backend_state(backend_id)
 
@@ -160,6 +165,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def undrain(backend_id: str) -> dict[str, Any]:
         backend_state(backend_id)
         fleet.set_drained(backend_id, False)
+        shared.drained(backend_id, False)
         log.info("admin: undrained backend %s", backend_id)
         return backend_state(backend_id)
 
@@ -196,6 +202,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             setattr(settings, key, value)
         if changes:
             apply_admission(gateway)
+        name, weights = router.policy()
+        shared.policy(name, dict(weights), changes)
         log.info("admin: policy now %s", policy_state())
         return policy_state()
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Coroutine
 from kvroute.control import discovery
 from kvroute.control.fleet import Backend
 from kvroute.control.poller import Poller
+from kvroute.control.shared_state import SharedAdminState, state_path
 from kvroute.proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class ControlPlane:
         self.client: UpstreamPool | None = None
         self.poller: Poller | None = None
         self.source: discovery.Discovery | None = None
+        self.shared = SharedAdminState(gateway, state_path(gateway.settings))
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -87,6 +89,9 @@ class ControlPlane:
                     await first.wait()
             except TimeoutError:
                 log.warning("%s discovery has not answered yet; starting without it", self.source.source)
+        if self.shared.path is not None:
+            await self.shared.refresh()  # what the admin API changed before this process started
+            self._spawn(self._follow_admin_state(), "admin state")
         await self.poller.poll_once()
         self._spawn(self._poll_forever(), "poller")
 
@@ -94,6 +99,10 @@ class ControlPlane:
         assert self.poller is not None
         await asyncio.sleep(self.poller.interval)
         await self.poller.run()
+
+    async def _follow_admin_state(self) -> None:
+        await asyncio.sleep(self.gateway.settings.poll_interval)
+        await self.shared.run(self.gateway.settings.poll_interval)
 
     async def add_backend(self, url: str, source: str = "admin") -> Backend:
         """Add a backend and poll it once before returning, so the caller sees its real state."""
@@ -112,3 +121,4 @@ class ControlPlane:
         if self.client is not None:
             self.client.close()
             self.client = None
+        self.shared.close()

@@ -1,0 +1,189 @@
+"""The admin API's changes as one JSON document that every worker process applies.
+
+`kvroute serve --workers N` runs N gateways, each with its own core and fleet, and only worker 0
+serves the admin API. Worker 0 records each change it makes (drain, undrain, add, remove, policy,
+weights, admission limits) in this document and replaces the file atomically (write aside, rename
+over); every worker, worker 0 included, re-reads the file each poll interval and brings its own
+gateway in line. A file rather than a control socket: it needs no addresses between workers, a
+worker that starts late catches up by reading it, and the same file keeps the changes across a
+restart when `admin_state_file` names a lasting place.
+
+The document is the operator's wanted state, applied idempotently: the policy, the admission limits,
+which backends the operator drained and which it added. A removal is an event rather than a state,
+since discovery may bring the address back later exactly as it can in one process: each removal
+carries the serial of the change that made it and is applied once per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from kvroute.control.fleet import backend_id_for
+
+if TYPE_CHECKING:
+    from kvroute.gateway import Gateway
+
+log = logging.getLogger("kvroute.control.shared_state")
+
+@dataclass
+class AdminState:
+    serial: int = 0  # bumped by every change; a worker applies a file it has not applied yet
+    policy: str | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    admission: dict[str, float] = field(default_factory=dict)  # queue_threshold_* / max_wait_ms_*
+    drained: list[str] = field(default_factory=list)
+    added: dict[str, str] = field(default_factory=dict)  # backend id -> URL
+    removed: dict[str, int] = field(default_factory=dict)  # backend id -> serial of its removal
+
+    @classmethod
+    def parse(cls, text: str) -> AdminState:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+def state_path(settings: Any, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """Where the document lives: `admin_state_file`, or for the workers of one `serve --workers N`
+    without it, a file named after their supervisor (the parent of every worker): shared by the
+    workers of this run only, so nothing carries over to the next."""
+    from kvroute.gateway import WORKER_ENV  # here: the gateway module imports the control plane
+
+    if settings.admin_state_file:
+        return Path(settings.admin_state_file)
+    if settings.workers > 1 and WORKER_ENV in environ:
+        return Path(tempfile.gettempdir()) / f"kvroute-{os.getppid()}-admin-state.json"
+    return None
+
+
+class SharedAdminState:
+    """One gateway's side of the shared document: records worker 0's changes, applies everyone's."""
+
+    def __init__(self, gateway: Gateway, path: Path | None) -> None:
+        self.gateway = gateway
+        self.path = path
+        self.state = AdminState()
+        self.applied = 0  # serial of the last document this gateway applied
+        self._seen: bytes | None = None
+        # Only the configured file outlives the run; the per-run one goes when worker 0 stops.
+        self.temporary = path is not None and not gateway.settings.admin_state_file
+
+    # -- recording (worker 0, from the admin API) -------------------------------------------
+
+    def drained(self, backend_id: str, drained: bool) -> None:
+        others = {d for d in self.state.drained if d != backend_id}
+        self.state.drained = sorted(others | {backend_id} if drained else others)
+        self._publish()
+
+    def added(self, url: str) -> None:
+        backend_id = backend_id_for(url)
+        self.state.added[backend_id] = url.rstrip("/")
+        self.state.removed.pop(backend_id, None)
+        self._publish()
+
+    def removed(self, backend_id: str) -> None:
+        self.state.added.pop(backend_id, None)
+        self.state.drained = [d for d in self.state.drained if d != backend_id]
+        self.state.removed[backend_id] = self.state.serial + 1
+        self._publish()
+
+    def policy(self, name: str, weights: dict[str, float], admission: dict[str, float]) -> None:
+        self.state.policy, self.state.weights = name, dict(weights)
+        self.state.admission.update(admission)
+        self._publish()
+
+    def _publish(self) -> None:
+        self.state.serial += 1
+        self.applied = self.state.serial  # this gateway made the change itself
+        if self.path is None:
+            return
+        data = json.dumps(asdict(self.state), sort_keys=True).encode()
+        # Readers must never see half a file: write a sibling, then rename it over (atomic on POSIX).
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._seen = data
+
+    # -- applying (every worker) ------------------------------------------------------------
+
+    def _read(self) -> AdminState | None:
+        """The document if it changed since the last read; None when unchanged, absent or unreadable."""
+        if self.path is None:
+            return None
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if data == self._seen:
+            return None
+        self._seen = data
+        try:
+            return AdminState.parse(data.decode())
+        except (ValueError, TypeError) as exc:  # a hand-edited file: keep what we have, say why
+            log.error("admin state file %s unreadable, ignored: %s", self.path, exc)
+            return None
+
+    async def refresh(self) -> None:
+        """Read the file if it changed and apply it; re-apply drains every time, since a backend
+        this worker discovers after the drain must come up drained too."""
+        read = self._read()
+        if read is not None:
+            self.state = read
+        await self._apply()
+
+    async def _apply(self) -> None:
+        from kvroute.control.plane import apply_admission
+
+        gateway, state = self.gateway, self.state
+        fleet, router, settings = gateway.fleet, gateway.router, gateway.settings
+        name, weights = router.policy()
+        if state.policy is not None and (name, dict(weights)) != (state.policy, state.weights):
+            router.set_policy(state.policy, **state.weights)
+            settings.policy = state.policy
+        if any(getattr(settings, key) != value for key, value in state.admission.items()):
+            for key, value in state.admission.items():
+                setattr(settings, key, value)
+            apply_admission(gateway)
+        for backend_id, url in state.added.items():
+            backend = fleet.get(backend_id)
+            if backend is None or backend.retiring:
+                await gateway.control.add_backend(url, source="admin")
+        removals = [b for b, serial in state.removed.items() if serial > self.applied and fleet.get(b) is not None]
+        for backend_id in removals:
+            fleet.retire(backend_id)
+        if removals:
+            fleet.tick()  # what has nothing in flight leaves now, as it does when worker 0 removes it
+        drained = set(state.drained)
+        for backend in fleet.all():
+            fleet.set_drained(backend.id, backend.id in drained)
+        if state.serial > self.applied:
+            log.info("applied admin state %d from %s", state.serial, self.path)
+            self.applied = state.serial
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # one bad document must not stop the worker from taking the next
+                log.exception("applying the admin state failed")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        if self.temporary and self.path is not None and self.gateway.with_admin:  # worker 0 made it
+            self.path.unlink(missing_ok=True)
+
+
+__all__ = ["AdminState", "SharedAdminState", "state_path"]
