@@ -73,6 +73,7 @@ class Settings:
     grace_period: float = 30.0
     queue_timeout: float = 30.0  # seconds a request may wait in the router's queue before a 503
     keepalive_timeout: float = 75.0  # an idle client connection is closed after this many seconds
+    request_read_timeout: float = 30.0  # a request must arrive whole this long after its first byte (408)
     debug_headers: bool = False
     forward_api_key: bool = False
     api_key_tiers: dict[str, str] = field(default_factory=dict)
@@ -161,7 +162,8 @@ POSITIVE = frozenset({
 })
 NON_NEGATIVE = frozenset({
     "breaker_cooldown", "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
-    "retry_attempts", "retry_budget", "grace_period", "queue_timeout", "keepalive_timeout", "wait_queue_size",
+    "retry_attempts", "retry_budget", "grace_period", "queue_timeout", "keepalive_timeout",
+    "request_read_timeout", "wait_queue_size",
     "queue_threshold_high", "queue_threshold_normal", "queue_threshold_low",
     "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
 })

@@ -264,3 +264,42 @@ async def test_idle_keep_alive_connections_are_closed(scripted) -> None:
         await reader.read(-1)  # returns once the router closes the idle connection
         writer.close()
         await eventually(lambda: not gw.proxy.connections, "the router forgot the connection")
+
+
+async def test_a_request_not_received_whole_in_time_gets_408(scripted) -> None:
+    backend = await scripted()
+    async with running_gateway([backend.url], request_read_timeout=0.2) as gw:
+        body = chat_body()
+        # Headers and half the body, then nothing: a client trickling (or stuck) mid-request.
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+        writer.write(chat_request(body)[: -len(body) // 2])
+        raw = await reader.read(-1)  # until the router closes
+        writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), raw
+        assert json.loads(payload)["error"]["code"] == "request_timeout"
+        assert [s for s in backend.seen if s.path != "/v1/models"] == []  # nothing half-read went upstream
+        await eventually(lambda: not gw.proxy.connections, "the router forgot the connection")
+
+
+async def test_request_read_deadline_spares_slow_senders_and_idle_connections(scripted) -> None:
+    backend = await scripted()
+    async with running_gateway([backend.url], request_read_timeout=2.0, keepalive_timeout=30.0) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+        request = chat_request(chat_body())
+        for piece in (request[:40], request[40:-10], request[-10:]):  # slow, but whole within the deadline
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        # Idle between requests for longer than request_read_timeout: that is keep-alive, not a slow request.
+        await asyncio.sleep(2.5)
+        writer.write(request)
+        await writer.drain()
+        status = await reader.readuntil(b"\r\n")
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 200"), status

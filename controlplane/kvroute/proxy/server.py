@@ -85,6 +85,9 @@ class ClientConnection(asyncio.Protocol):
         self._size = 0
         self._reject = 0
         self.last_active = self.loop.time()
+        # When the request being received began (None between requests): a client must finish
+        # sending within request_read_timeout, or it could hold a connection by trickling bytes.
+        self.receiving_since: float | None = None
 
     # -- asyncio.Protocol --
 
@@ -97,9 +100,9 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported", "bad_request")
+            self.refuse(400, "protocol upgrades are not supported", "bad_request")
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"malformed HTTP request: {exc}", "bad_request")
+            self.refuse(400, f"malformed HTTP request: {exc}", "bad_request")
 
     def eof_received(self) -> bool:
         # A client that half-closes is treated as gone: HTTP clients do not half-close while waiting
@@ -125,6 +128,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks --
 
     def on_message_begin(self) -> None:
+        self.receiving_since = self.last_active
         self._url = b""
         self._headers = []
         self._body = []
@@ -147,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
                 expect_continue = value.lower() == b"100-continue"
         if self._reject == 413 and self.task is None and not self.pending:
             # Refuse before the body crosses the network; the connection cannot be reused after.
-            self._refuse(413, f"request body exceeds max_body_size ({self.max_body} bytes)", "request_too_large")
+            self.refuse(413, f"request body exceeds max_body_size ({self.max_body} bytes)", "request_too_large")
             return
         if expect_continue and not self._reject and self.transport is not None:
             self.transport.write(http.CONTINUE)
@@ -163,6 +167,7 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.receiving_since = None
         if self.transport is None or self.transport.is_closing():
             return  # refused while parsing (413 before the body): nothing more to answer
         parser = self.parser
@@ -223,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
             self.current = None
             self.task = None
             self.last_active = self.loop.time()
+            if self.receiving_since is not None:  # a pipelined request's clock starts once it may be read
+                self.receiving_since = self.last_active
 
     def _end_cut_off(self, request: Request, status: int, message: str, code: str) -> None:
         """A request ended early (shutdown past the grace period, or a bug): say so if the client is still there."""
@@ -234,7 +241,8 @@ class ClientConnection(asyncio.Protocol):
                 self.write(http.response(status, http.error_body(status, message, code), [], keep_alive=False))
         self.close()
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def refuse(self, status: int, message: str, code: str) -> None:
+        """Answer an error and close: what was received cannot be trusted to frame a next request."""
         self.write(http.response(status, http.error_body(status, message, code), [], keep_alive=False))
         self.close()
 
@@ -265,14 +273,21 @@ class ProxyServer:
         self._sweeper = self.loop.create_task(self._sweep_idle())
 
     async def _sweep_idle(self) -> None:
-        """Close keep-alive connections idle past `keepalive_timeout`: a sweep every few seconds costs
-        the hot path nothing (one timestamp per read) where a timer per request would not."""
-        timeout = self.gateway.settings.keepalive_timeout
+        """Close keep-alive connections idle past `keepalive_timeout`, and answer 408 to requests not
+        received whole within `request_read_timeout`: a sweep every few seconds costs the hot path
+        nothing (one timestamp per read) where a timer per request would not."""
+        settings = self.gateway.settings
+        idle_timeout, read_timeout = settings.keepalive_timeout, settings.request_read_timeout
         while True:
-            await asyncio.sleep(min(5.0, max(timeout / 4, 0.05)))
-            cutoff = self.loop.time() - timeout
+            await asyncio.sleep(min(5.0, max(min(idle_timeout, read_timeout) / 4, 0.05)))
+            now = self.loop.time()
             for conn in list(self.connections):
-                if conn.task is None and conn.last_active < cutoff:
+                if conn.task is not None:
+                    continue  # answering: a pipelined request behind it waits its turn
+                if conn.receiving_since is not None and conn.receiving_since < now - read_timeout:
+                    conn.refuse(408, f"the request was not received whole within request_read_timeout "
+                                     f"({read_timeout:g} s)", "request_timeout")
+                elif conn.last_active < now - idle_timeout:
                     conn.close()
 
     def wake(self, wait_ids: list[int]) -> None:
