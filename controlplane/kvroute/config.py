@@ -34,6 +34,9 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
     workers: int = 1
+    # TLS on both listening sockets when both are set (PEM files; the key file may hold the chain too).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
 
     # Backends: static URLs; other discovery modes are chosen by `discovery`.
     backend: list[str] = field(default_factory=list)
@@ -100,6 +103,8 @@ _HELP = {
     "policy": "routing policy: cost, round_robin, random, least_inflight, power_of_two, least_load, prefix_hash, session",
     "admin_token": "bearer token for the admin API (better given as KVROUTE_ADMIN_TOKEN)",
     "admin_state_file": "file where admin API changes are kept, applied by every worker and on restart",
+    "tls_certfile": "PEM certificate (chain) to serve HTTPS on the proxy and admin ports (with --tls-keyfile)",
+    "tls_keyfile": "PEM private key of --tls-certfile",
 }
 
 
@@ -205,6 +210,13 @@ def validate(settings: Settings) -> Settings:
     needed = required.get(settings.discovery)
     if needed and not getattr(settings, needed):
         raise ConfigError(f"configuration: discovery is {settings.discovery!r} but key {needed!r} is empty")
+    if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
+        given, missing = ("tls_certfile", "tls_keyfile") if settings.tls_certfile else ("tls_keyfile", "tls_certfile")
+        raise ConfigError(f"configuration: key {given!r} is set but {missing!r} is empty: TLS needs both")
+    for key in ("tls_certfile", "tls_keyfile"):
+        path = getattr(settings, key)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"configuration: key {key!r}: cannot read {path!r}")
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")

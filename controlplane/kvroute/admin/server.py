@@ -303,7 +303,8 @@ async def start(gateway: Gateway) -> AdminServer:
     # Binding ourselves gives the real port before serving (admin_port 0 in tests) and fails loudly here.
     sock = _bind(settings.admin_host, settings.admin_port)
     config = uvicorn.Config(create_app(gateway), log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, ssl_certfile=settings.tls_certfile or None,
+                            ssl_keyfile=settings.tls_keyfile or None)
     server = _Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="admin server")
     while not server.started:

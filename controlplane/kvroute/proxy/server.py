@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -247,6 +248,17 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
 
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:
+    """The server side of HTTPS, or None for plain HTTP. HTTP/1.1 is all this server speaks, so that
+    is all ALPN offers (a client asking for h2 falls back to it)."""
+    if not certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile or None)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class ProxyServer:
     """The data plane of one router process; `gateway.proxy` once started."""
 
@@ -263,12 +275,14 @@ class ProxyServer:
 
     async def listen(self, sock: socket.socket | None = None) -> None:
         settings = self.gateway.settings
+        tls = tls_context(settings.tls_certfile, settings.tls_keyfile)
         if sock is not None:
-            self._server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+            self._server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096,
+                                                         ssl=tls)
         else:
             self._server = await self.loop.create_server(
                 lambda: ClientConnection(self), settings.host, settings.port, backlog=4096,
-                reuse_port=settings.workers > 1 or None)
+                reuse_port=settings.workers > 1 or None, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = self.loop.create_task(self._sweep_idle())
 
