@@ -4,6 +4,8 @@ Counters and histograms record events (the proxy calls `request_done`, `shed`, `
 poller calls `poll_error`). Backend state (health, circuit, load) is not recorded at all: a collector
 reads the fleet at scrape time, so a removed backend's series disappear with it and nothing can drift.
 Each Observer has its own registry: no process-global state, several gateways can share a process.
+With `serve --workers N`, worker 0's Observer also reads the other workers' snapshots (`peers`) and
+renders and totals the whole router (kvroute.admin.worker_snapshots).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from kvroute.admin.worker_snapshots import RouterWideCollector, Snapshot, WorkerSnapshots, summed_totals
 
 if TYPE_CHECKING:
     from kvroute.control.fleet import Fleet
@@ -94,6 +98,12 @@ class Observer:
                                    "(connect, timeout, http_status, parse, stale)", ["backend", "kind"], registry=r)
         if fleet is not None:
             r.register(FleetCollector(fleet))
+        # What adds up over workers; the fleet gauges come from polling, the same in every worker.
+        self.recorded = (self.requests, self.ttft, self.e2e, self.decisions, self.shed_count, self.queued_count,
+                         self.retries, self.poll_errors)
+        self._recorded_names = {family.name for metric in self.recorded for family in metric.describe()}
+        # Worker 0 of `serve --workers N`: the other workers' snapshot files (set by the admin API).
+        self.peers: WorkerSnapshots | None = None
         self._requests, self._decisions = _Children(self.requests), _Children(self.decisions)
         self._ttft, self._e2e = _Children(self.ttft), _Children(self.e2e)
         # Plain running totals for the status page's charts (it differentiates them itself).
@@ -142,8 +152,18 @@ class Observer:
             "ttft_count": self.ttft_count,
         }
 
+    def others(self) -> list[Snapshot]:
+        """The other workers' latest numbers; none in a router of one process."""
+        return self.peers.others() if self.peers is not None else []
+
+    def router_totals(self, others: list[Snapshot]) -> dict[str, float]:
+        return summed_totals(self.totals(), others)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        others = self.others()
+        if not others:
+            return generate_latest(self.registry)
+        return generate_latest(RouterWideCollector(self.registry, self._recorded_names, others))
 
 
 __all__ = ["CONTENT_TYPE", "FleetCollector", "Observer"]

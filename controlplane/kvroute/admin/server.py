@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException  # also what an unknown path or method raises
 
 from kvroute.admin.observe import CONTENT_TYPE
+from kvroute.admin.worker_snapshots import summed_in_flight
 from kvroute.config import as_dict, check_admin_exposure, is_loopback
-from kvroute.control.fleet import backend_id_for
+from kvroute.control.fleet import Backend, backend_id_for
 from kvroute.control.plane import TIERS, apply_admission
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     observer = gateway.observer
     # Every change is also recorded for the other workers and for restarts (control/shared_state.py).
     shared = gateway.control.shared
+    # What this API reports counts every worker's requests (admin/worker_snapshots.py).
+    observer.peers = gateway.control.snapshots
 
     def require_token(request: Request) -> None:
         token = settings.admin_token
@@ -103,26 +106,27 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), "invalid_request_error")
 
+    def backend_states(backends: list[Backend]) -> list[dict[str, Any]]:
+        core = _core_backends(router)
+        others_in_flight = summed_in_flight(observer.others())  # the other workers' requests there
+        states = []
+        for backend in backends:
+            state = fleet.state(backend)
+            state["in_flight"] += others_in_flight.get(backend.id, 0)
+            if backend.id in core:
+                state["core"] = core[backend.id]  # learned rates, estimated cache hits: whatever the core reports
+            states.append(state)
+        return states
+
     def backend_state(backend_id: str) -> dict[str, Any]:
         backend = fleet.get(backend_id)
         if backend is None:
             raise AdminError(404, f"no backend {backend_id!r}", "not_found_error")
-        state = fleet.state(backend)
-        core = _core_backends(router).get(backend_id)
-        if core is not None:
-            state["core"] = core  # learned rates, estimated cache hits: whatever the core reports
-        return state
+        return backend_states([backend])[0]
 
     @app.get("/admin/backends", dependencies=guarded, summary="Every backend with its full state")
     async def list_backends() -> dict[str, Any]:
-        core = _core_backends(router)
-        states = []
-        for backend in fleet.all():
-            state = fleet.state(backend)
-            if backend.id in core:
-                state["core"] = core[backend.id]
-            states.append(state)
-        return {"backends": states}
+        return {"backends": backend_states(fleet.all())}
 
     @app.get("/admin/backends/{backend_id}", dependencies=guarded, summary="One backend's full state")
     async def get_backend(backend_id: str) -> dict[str, Any]:
@@ -212,8 +216,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         backends = fleet.all()
         snapshot = _snapshot(router)
         snapshot.pop("backends", None)
+        others = observer.others()
         return {
-            **observer.totals(),
+            **observer.router_totals(others),
             "backends": {
                 "total": len(backends),
                 "routable": sum(b.routable() for b in backends),
@@ -222,7 +227,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 "draining": sum(b.draining for b in backends),
                 "circuit_open": sum(b.breaker.is_open for b in backends),
             },
-            "in_flight": sum(router.in_flight(b.id) for b in backends),
+            "in_flight": sum(router.in_flight(b.id) for b in backends) + sum(summed_in_flight(others).values()),
             "policy": router.policy()[0],
             "core": snapshot,
         }

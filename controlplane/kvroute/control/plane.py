@@ -7,9 +7,11 @@ background task it starts, so stop() leaves nothing running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Coroutine
 
+from kvroute.admin import worker_snapshots
 from kvroute.control import discovery
 from kvroute.control.fleet import Backend
 from kvroute.control.poller import Poller
@@ -43,6 +45,8 @@ class ControlPlane:
         self.poller: Poller | None = None
         self.source: discovery.Discovery | None = None
         self.shared = SharedAdminState(gateway, state_path(gateway.settings))
+        # serve --workers N: every worker but 0 reports its numbers here, worker 0 adds them up.
+        self.snapshots = worker_snapshots.for_worker(gateway.settings)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -94,6 +98,8 @@ class ControlPlane:
             self._spawn(self._follow_admin_state(), "admin state")
         await self.poller.poll_once()
         self._spawn(self._poll_forever(), "poller")
+        if self._reports_snapshots():
+            self._spawn(self._write_snapshots(), "worker snapshots")
 
     async def _poll_forever(self) -> None:
         assert self.poller is not None
@@ -103,6 +109,22 @@ class ControlPlane:
     async def _follow_admin_state(self) -> None:
         await asyncio.sleep(self.gateway.settings.poll_interval)
         await self.shared.run(self.gateway.settings.poll_interval)
+
+    def _reports_snapshots(self) -> bool:
+        return self.snapshots is not None and not self.gateway.with_admin
+
+    def _write_snapshot(self) -> None:
+        assert self.snapshots is not None
+        gateway = self.gateway
+        self.snapshots.write(worker_snapshots.take(gateway.observer, gateway.fleet, self.snapshots.worker))
+
+    async def _write_snapshots(self) -> None:
+        while True:
+            try:
+                self._write_snapshot()
+            except Exception:  # a full disk must not stop the worker; the next round tries again
+                log.exception("writing this worker's metrics snapshot failed")
+            await asyncio.sleep(self.gateway.settings.poll_interval)
 
     async def add_backend(self, url: str, source: str = "admin") -> Backend:
         """Add a backend and poll it once before returning, so the caller sees its real state."""
@@ -122,3 +144,9 @@ class ControlPlane:
             self.client.close()
             self.client = None
         self.shared.close()
+        if self._reports_snapshots():
+            # Stopped after the proxy: the requests it finished while draining are counted too.
+            with contextlib.suppress(OSError):
+                self._write_snapshot()
+        elif self.snapshots is not None:
+            self.snapshots.remove_all()  # worker 0: the run is over

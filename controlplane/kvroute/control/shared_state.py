@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from kvroute.control.atomic_file import write_atomically
 from kvroute.control.fleet import backend_id_for
 
 if TYPE_CHECKING:
@@ -105,16 +106,7 @@ class SharedAdminState:
         if self.path is None:
             return
         data = json.dumps(asdict(self.state), sort_keys=True).encode()
-        # Readers must never see half a file: write a sibling, then rename it over (atomic on POSIX).
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, data)  # other workers read it at any moment
         self._seen = data
 
     # -- applying (every worker) ------------------------------------------------------------
