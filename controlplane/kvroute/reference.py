@@ -57,6 +57,7 @@ COST_WEIGHTS = {
     "tie_tolerance": (0.05, 0.0, 10.0),
     "externality_weight": (1.0, 0.0, 100.0),
     "recompute_weight": (3.0, 0.0, 100.0),
+    "content_weight": (100.0, 0.0, 1000.0),
     "ewma_alpha": (0.2, 0.001, 1.0),
 }
 POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -294,6 +295,8 @@ class Backend:
     in_flight: int = 0
     pending: int = 0
     pending_tokens: int = 0
+    foreign_waiting: int = 0  # the engine's counts beyond ours when they were pushed (core: backend.rs)
+    foreign_running: int = 0
     prefill_rate: float = PRIOR_PREFILL_RATE
     decode_rate: float = PRIOR_DECODE_RATE
     ttft_ewma: float = PRIOR_TTFT_S
@@ -311,6 +314,9 @@ class Backend:
 
     def queue_depth(self) -> int:
         return max(self.waiting, self.pending)
+
+    def decoding(self) -> int:
+        return self.in_flight - self.pending
 
     def matched_blocks(self, blocks: list[int]) -> int:
         n = 0
@@ -474,6 +480,10 @@ class Router:
         for k, v in fields.items():
             if v is not None:
                 setattr(b, k, list(v) if k == "models" else v)
+        if fields.get("waiting") is not None:
+            b.foreign_waiting = max(b.waiting - b.pending, 0)
+        if fields.get("running") is not None:
+            b.foreign_running = max(b.running - b.decoding(), 0)
         cap = b.num_gpu_blocks * b.block_size // self.block_tokens if b.num_gpu_blocks and b.block_size else 0
         b.capacity = cap or DEFAULT_CAPACITY_BLOCKS
         b.evict()
@@ -533,10 +543,9 @@ class Router:
     def predict(self, b: Backend, uncached: int) -> float:
         w = self.w
         rate = b.prefill_rate
-        others_waiting = max(b.waiting - b.pending, 0)
-        work_ahead = float(b.pending_tokens) + float(others_waiting) * b.mean_uncached
+        work_ahead = float(b.pending_tokens) + float(b.foreign_waiting) * b.mean_uncached
         queue_s = work_ahead / rate  # a waiting queue is prefill work ahead, not a full batch
-        decoding = float(max(b.running, b.in_flight - b.pending))
+        decoding = float(b.decoding() + b.foreign_running)
         pressure = min(max((b.kv_usage - w["kv_knee"]) / (1.0 - w["kv_knee"]), 0.0), 1.0)
         return (
             b.overhead_s
@@ -570,13 +579,18 @@ class Router:
             n = c.b.matched_blocks(req.blocks)
             c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
         best_cached = max(c.cached_tokens for c in cands)
+        least_held = min(len(c.b.index) for c in cands)
         for c in cands:
             uncached = req.prompt_tokens - c.cached_tokens
             rate = c.b.prefill_rate
             c.ttft = self.predict(c.b, uncached)
             externality = self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / rate)
             recompute = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
-            c.score = c.ttft + externality + recompute
+            content = 0.0
+            if best_cached == 0:  # a prompt nobody holds goes where the least is held
+                excess = (len(c.b.index) - least_held) * self.block_tokens
+                content = self.w["content_weight"] * (float(excess) / rate)
+            c.score = c.ttft + externality + recompute + content
         queue_ahead = self.wait_queue_size > 0 and any(
             w.key[0] <= tier and (resumed is None or w.key < (tier, resumed[1])) and w.req.model == req.model
             for w in self.waiters.values()

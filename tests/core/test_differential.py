@@ -231,3 +231,16 @@ def test_rng_is_splitmix64() -> None:
     assert r.next_u64() == 0xE220A8397B1DCDAF  # pinned in rust/core/src/rng.rs too
     assert r.next_u64() == 0x6E789E6AA1B965F4
     assert not math.isnan(reference.PRIOR_PREFILL_RATE)
+
+
+def test_metrics_pushed_between_first_tokens_agree() -> None:
+    # Metrics compared with our own counts of the moment they were pushed (waiting vs pending,
+    # running vs decoding): a sequence random programs reach only rarely.
+    chat = [("chat", conv, 0, "m", False, "normal", None, []) for conv in range(8)]
+    program: list[tuple[Any, ...]] = [("upsert", b, {}) for b in BACKENDS[:3]]
+    program += chat
+    program += [("first_token", t, 0.05) for t in (0, 2, 4)]
+    program += [("upsert", b, {"waiting": 3, "running": 4}) for b in BACKENDS[:3]]
+    program += [("first_token", t, 0.05) for t in (1, 3, 5, 6)]
+    program += chat
+    run_both(0, 0, program)

@@ -132,6 +132,12 @@ pub struct Backend {
     pub pending: u64,
     /// Uncached prompt tokens of the pending tickets: the prefill work ahead of a new request.
     pub pending_tokens: u64,
+    /// Requests the engine reported waiting (running) beyond our own pending (decoding) tickets
+    /// at the moment the metrics were pushed: other routers' traffic. Compared with our counts of
+    /// that moment, not of the decision's: the metrics are up to a poll interval old, and a queue
+    /// that has drained since would otherwise be counted again as someone else's.
+    pub foreign_waiting: u64,
+    pub foreign_running: u64,
     pub learned: Learned,
     pub routed: u64,
     pub completed: u64,
@@ -158,6 +164,8 @@ impl Backend {
             in_flight: 0,
             pending: 0,
             pending_tokens: 0,
+            foreign_waiting: 0,
+            foreign_running: 0,
             learned: Learned::default(),
             routed: 0,
             completed: 0,
@@ -183,9 +191,11 @@ impl Backend {
         }
         if let Some(v) = u.waiting {
             self.waiting = v;
+            self.foreign_waiting = v.saturating_sub(self.pending);
         }
         if let Some(v) = u.running {
             self.running = v;
+            self.foreign_running = v.saturating_sub(self.decoding());
         }
         if let Some(v) = u.kv_usage {
             self.kv_usage = v;
@@ -210,6 +220,11 @@ impl Backend {
     /// traffic) or ours, whichever is larger; ours is fresher, the engine's is more complete.
     pub fn queue_depth(&self) -> u64 {
         self.waiting.max(self.pending)
+    }
+
+    /// Our tickets past their first token: decoding there.
+    pub fn decoding(&self) -> u64 {
+        self.in_flight - self.pending
     }
 
     /// Index capacity in blocks of `block_tokens` tokens, from the engine's KV size; 0 = unknown.

@@ -79,6 +79,7 @@ pub const COST_WEIGHTS: &[WeightSpec] = &[
     w("tie_tolerance", 0.05, 0.0, 10.0),
     w("externality_weight", 1.0, 0.0, 100.0),
     w("recompute_weight", 3.0, 0.0, 100.0),
+    w("content_weight", 100.0, 0.0, 1000.0),
     w("ewma_alpha", 0.2, 0.001, 1.0),
 ];
 pub const PREFIX_HASH_WEIGHTS: &[WeightSpec] = &[w("queue_threshold", 8.0, 0.0, 1e9)];
@@ -95,6 +96,7 @@ pub struct Weights {
     pub tie_tolerance: f64,
     pub externality_weight: f64,
     pub recompute_weight: f64,
+    pub content_weight: f64,
     pub ewma_alpha: f64,
     pub queue_threshold: f64,
     pub load_factor: f64,
@@ -111,6 +113,7 @@ impl Default for Weights {
             tie_tolerance: 0.0,
             externality_weight: 0.0,
             recompute_weight: 0.0,
+            content_weight: 0.0,
             ewma_alpha: 0.0,
             queue_threshold: 0.0,
             load_factor: 0.0,
@@ -133,6 +136,7 @@ impl Weights {
             "tie_tolerance" => &mut self.tie_tolerance,
             "externality_weight" => &mut self.externality_weight,
             "recompute_weight" => &mut self.recompute_weight,
+            "content_weight" => &mut self.content_weight,
             "ewma_alpha" => &mut self.ewma_alpha,
             "queue_threshold" => &mut self.queue_threshold,
             "load_factor" => &mut self.load_factor,

@@ -365,13 +365,13 @@ impl Router {
     pub fn predict(w: &Weights, b: &Backend, uncached: u64) -> f64 {
         let l = &b.learned;
         let rate = l.prefill_rate;
-        let others_waiting = b.waiting.saturating_sub(b.pending);
-        let work_ahead = b.pending_tokens as f64 + others_waiting as f64 * l.mean_uncached;
+        // Our own tickets count as they are now; the engine's metrics only add what is not ours.
+        let work_ahead = b.pending_tokens as f64 + b.foreign_waiting as f64 * l.mean_uncached;
         // A waiting queue means the engine's step token budget is taken by prefill (vLLM admits
         // waiting requests while the budget lasts), not that its batch is full: the queue is the
         // prefill work ahead, already counted above.
         let queue_s = work_ahead / rate;
-        let decoding = b.running.max(b.in_flight - b.pending) as f64;
+        let decoding = (b.decoding() + b.foreign_running) as f64;
         let pressure = ((b.kv_usage - w.kv_knee) / (1.0 - w.kv_knee)).clamp(0.0, 1.0);
         l.overhead_s
             + w.queue_weight * queue_s
@@ -426,10 +426,12 @@ impl Router {
             self.slot_blocks[slot as usize] = n;
         }
         let mut best_cached = 0u64;
+        let mut least_held = u64::MAX;
         for c in cands.iter_mut() {
             let n = self.slot_blocks[c.slot as usize];
             c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
             best_cached = best_cached.max(c.cached_tokens);
+            least_held = least_held.min(self.index.len(c.slot));
         }
         for c in cands.iter_mut() {
             let b = self.backend(c.slot);
@@ -445,7 +447,17 @@ impl Router {
             // that some later request pays for; the queue it avoids is a transient, estimated
             // from lagging metrics.
             let recompute = w.recompute_weight * ((best_cached - c.cached_tokens) as f64 / rate);
-            c.score = c.ttft + externality + recompute;
+            // Where a new prompt lands decides where its reuse will queue: requests follow their
+            // cache, and leaving it costs the recompute above. Sending prompts nobody holds to
+            // the backend holding the least keeps that future traffic even; the queue right now
+            // is a transient (and partly a lagging estimate), the content is the router's own.
+            let content = if best_cached == 0 {
+                let excess = (self.index.len(c.slot) - least_held) * req.block_tokens as u64;
+                w.content_weight * (excess as f64 / rate)
+            } else {
+                0.0
+            };
+            c.score = c.ttft + externality + recompute + content;
         }
         for &(slot, _) in &matches {
             self.slot_blocks[slot as usize] = 0;

@@ -379,3 +379,51 @@ fn cost_charges_the_fleet_for_recomputing_a_prefix_held_elsewhere() {
     let r = spread_case(&[], 40);
     assert_eq!((r.backend_id.as_str(), r.branch), ("b1", "cost:load_spread"));
 }
+
+fn predicted_empty_ttft(r: &Router, id: &str) -> f64 {
+    let snap = r.snapshot();
+    let Some(Snap::List(bs)) = snap.get("backends") else { panic!() };
+    let b = bs.iter().find(|b| b.get("id") == Some(&Snap::Str(id.into()))).unwrap();
+    let Some(Snap::Float(t)) = b.get("predicted_ttft_s") else { panic!() };
+    *t
+}
+
+#[test]
+fn cost_counts_a_reported_queue_of_our_own_requests_once() {
+    let mut r = router("cost", 1);
+    let tickets: Vec<u64> = (0..10).map(|i| route(&mut r, &format!("prompt {i}"), "u").ticket).collect();
+    let idle = predicted_empty_ttft(&router("cost", 1), "b0");
+    // The engine reports our ten requests waiting; a poll interval later they are all decoding.
+    r.upsert_backend("b0", &upd(|u| u.waiting = Some(10))).unwrap();
+    for &t in &tickets {
+        r.first_token(t, 0.01).unwrap();
+    }
+    let drained = predicted_empty_ttft(&r, "b0");
+    assert!(drained - idle < 0.05, "a drained queue of our own requests still counted: {drained} vs {idle}");
+    // Requests that were not ours when the engine reported them are work ahead until the next poll.
+    r.upsert_backend("b0", &upd(|u| u.waiting = Some(10))).unwrap();
+    let foreign = predicted_empty_ttft(&r, "b0");
+    assert!(foreign - drained > 0.5, "{foreign} vs {drained}");
+}
+
+#[test]
+fn cost_sends_a_new_prompt_where_the_least_is_held_unless_it_queues_there() {
+    for seed in 0..8 {
+        let mut r = Router::new(RouterConfig { policy: "cost".into(), seed, ..Default::default() }).unwrap();
+        for id in ["b0", "b1"] {
+            r.upsert_backend(id, &BackendUpdate::default()).unwrap();
+        }
+        let held = routed(r.route(req(&r, &long_system(), "q"), Tier::Normal, None, &["b1"]));
+        r.release(held.ticket, true, 0, 0, 0, 0.0).unwrap();
+        // Both idle: the one holding nothing takes the new prompt (no coin toss).
+        let d = route(&mut r, "a new system prompt", "u");
+        assert_eq!((d.backend_id.as_str(), d.branch), ("b1", "cost:cold"), "seed {seed}");
+        // A queue of 20 prompts of ~500 tokens there outweighs the content b0 holds.
+        let cold = "a different prompt of about five hundred tokens ".repeat(40);
+        for k in 0..20 {
+            routed(r.route(req(&r, &format!("{k} {cold}"), "u"), Tier::Normal, None, &["b0"]));
+        }
+        let d = route(&mut r, "yet another system prompt", "u");
+        assert_eq!((d.backend_id.as_str(), d.branch), ("b0", "cost:cold"), "seed {seed}");
+    }
+}
