@@ -52,6 +52,8 @@ class Settings:
 
     # Routing core.
     policy: str = "cost"
+    # Overrides of the policy's weights (names and ranges: docs/routing.md); the rest keep defaults.
+    policy_weights: dict[str, float] = field(default_factory=dict)
     block_tokens: int = 16
     bytes_per_token: float = 4.0
     seed: int = 0
@@ -105,6 +107,7 @@ _HELP = {
     "admin_state_file": "file where admin API changes are kept, applied by every worker and on restart",
     "tls_certfile": "PEM certificate (chain) to serve HTTPS on the proxy and admin ports (with --tls-keyfile)",
     "tls_keyfile": "PEM private key of --tls-certfile",
+    "policy_weights": "weights of the policy, e.g. recompute_weight=10,content_weight=50 (docs/routing.md)",
 }
 
 
@@ -124,12 +127,17 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
                 raise TypeError("a list of strings")
             return list(raw)
         if origin is dict:
+            value_type = typing.get_args(kind)[1]
             if isinstance(raw, str):
-                pairs = (item.split("=", 1) for item in raw.split(",") if item)
-                return {key: value for key, value in pairs}
+                pairs = [item.split("=", 1) for item in raw.split(",") if item]
+                if not all(len(pair) == 2 for pair in pairs):
+                    raise TypeError("a list of name=value pairs")
+                raw = dict(pairs)
             if not isinstance(raw, dict):
                 raise TypeError("a mapping")
-            return {str(key): str(value) for key, value in raw.items()}
+            if value_type is float and any(isinstance(v, bool) for v in raw.values()):
+                raise TypeError("a mapping of names to numbers")
+            return {str(key): value_type(value) for key, value in raw.items()}
         if kind is bool:
             if isinstance(raw, bool):
                 return raw
@@ -217,6 +225,13 @@ def validate(settings: Settings) -> Settings:
         path = getattr(settings, key)
         if path and not os.access(path, os.R_OK):
             raise ConfigError(f"configuration: key {key!r}: cannot read {path!r}")
+    if settings.policy_weights:
+        from kvroute._native import InvalidConfig, Router  # the core owns the weights' names and ranges
+
+        try:
+            Router(settings.policy).set_policy(settings.policy, **settings.policy_weights)
+        except InvalidConfig as exc:
+            raise ConfigError(f"configuration: key 'policy_weights': {exc}") from None
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")

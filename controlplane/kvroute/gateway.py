@@ -43,6 +43,8 @@ class Gateway:
             seed=settings.seed,
             wait_queue_size=settings.wait_queue_size,
         )
+        if settings.policy_weights:
+            self.router.set_policy(settings.policy, **settings.policy_weights)
         self.fleet = Fleet(self.router, settings)
         self.observer = Observer(self.fleet)  # the proxy records outcomes here (kvroute.admin.observe)
         self.control = ControlPlane(self)
