@@ -191,18 +191,28 @@ _QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpfu
 _PASSED_KEYS = ("name", "tool_calls", "tool_call_id")
 
 
+def _checked(messages: Any) -> list[Any]:
+    if not isinstance(messages, list) or not messages:
+        raise TemplateError("'messages' must be a non-empty list")
+    return messages
+
+
+def _turn(m: Any) -> tuple[str, str]:
+    """One validated message as (role, content flattened to text)."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise TemplateError("each message must be an object with a string 'role'")
+    if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
+        raise TemplateError(f"unknown role {m['role']!r}")
+    return m["role"], _content_text(m.get("content"))
+
+
 def chat_messages(messages: Any) -> list[dict[str, Any]]:
     """Validated messages as a chat template sees them: content flattened to text (vLLM's
     "string" content format), role, and the tool fields a template may render."""
-    if not isinstance(messages, list) or not messages:
-        raise TemplateError("'messages' must be a non-empty list")
     out = []
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise TemplateError("each message must be an object with a string 'role'")
-        if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
-            raise TemplateError(f"unknown role {m['role']!r}")
-        msg = {"role": m["role"], "content": _content_text(m.get("content"))}
+    for m in _checked(messages):
+        role, content = _turn(m)
+        msg = {"role": role, "content": content}
         msg.update((k, m[k]) for k in _PASSED_KEYS if m.get(k) is not None)
         out.append(msg)
     return out
@@ -217,7 +227,7 @@ def render_chat(template: str, messages: list[Any]) -> list[str]:
     with the generation prompt. Every turn renders independently of later turns, so a conversation's next request starts with
     the previous request's prompt (minus its generation prompt) and shares its cached blocks.
     Returns the prompt as segments, one per turn, each starting with a special marker."""
-    turns = [(m["role"], m["content"]) for m in chat_messages(messages)]
+    turns = [_turn(m) for m in _checked(messages)]
     if template == "llama3":
         out = ["<|begin_of_text|>"]
         system = ""
