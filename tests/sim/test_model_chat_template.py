@@ -119,27 +119,27 @@ def test_where_the_template_comes_from(tmp_path: Path, model_dir: str) -> None:
     tok = HashTokenizer()
     # tokenizer_config.json's string form; the directory works as --tokenizer too.
     for path in (model_dir, str(Path(model_dir).parent)):
-        found = load_chat(tok, path, None, "chatml")
+        found = load_chat(tok, path, "chatml")
         assert isinstance(found, JinjaChat) and found.source.endswith("tokenizer_config.json")
     # The list form: the template named "default".
     listed = write_model_dir(tmp_path / "listed", {"chat_template": [
         {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ bos_token }}"}]})
-    assert load_chat(tok, listed, None, "chatml").render([{"role": "user", "content": "x"}]) == "D<|bos|>"
+    assert load_chat(tok, listed, "chatml").render([{"role": "user", "content": "x"}]) == "D<|bos|>"
     # chat_template.jinja beats tokenizer_config.json, as in transformers.
     (tmp_path / "listed" / "chat_template.jinja").write_text("J")
-    assert load_chat(tok, listed, None, "chatml").render([{"role": "user", "content": "x"}]) == "J"
+    assert load_chat(tok, listed, "chatml").render([{"role": "user", "content": "x"}]) == "J"
     # --chat-template beats both: a file, an inline template, or a built-in name.
     override = tmp_path / "override.jinja"
     override.write_text("O")
-    assert load_chat(tok, listed, str(override), "chatml").source == str(override)
-    assert load_chat(tok, listed, "{{ eos_token }}", "chatml").render([{"role": "user", "content": "x"}]) == "<|eos|>"
-    assert isinstance(load_chat(tok, listed, "llama3", "chatml"), BuiltinChat)
+    assert load_chat(tok, listed, str(override), model_first=False).source == str(override)
+    assert load_chat(tok, listed, "{{ eos_token }}", model_first=False).render([{"role": "user", "content": "x"}]) == "<|eos|>"
+    assert isinstance(load_chat(tok, listed, "llama3", model_first=False), BuiltinChat)
     # No template beside the tokenizer (or no tokenizer): the profile's built-in one.
     bare = write_bpe_tokenizer(str(tmp_path / "tokenizer.json"), CORPUS, SPECIALS)
-    assert load_chat(tok, bare, None, "llama3").source == "llama3"
-    assert load_chat(tok, None, None, "chatml").source == "chatml"
+    assert load_chat(tok, bare, "llama3").source == "llama3"
+    assert load_chat(tok, None, "chatml").source == "chatml"
     with pytest.raises(ValueError, match="neither built-in"):
-        load_chat(tok, None, str(tmp_path / "missing.jinja"), "chatml")
+        load_chat(tok, None, str(tmp_path / "missing.jinja"), model_first=False)
 
 
 async def test_cli_chat_template_flag(http: aiohttp.ClientSession, model_dir: str, tmp_path: Path) -> None:

@@ -74,20 +74,20 @@ class JinjaChat:
         return self._tok.encode(self.render(messages))
 
 
-def load_chat(tokenizer: Tokenizer, tokenizer_path: str | None, override: str | None,
-              profile_template: str) -> ChatPrompt:
-    """The chat template to serve, first found of: `override` (--chat-template), the tokenizer
-    directory's own template, the profile's (a built-in name, a file or an inline template)."""
+def load_chat(tokenizer: Tokenizer, tokenizer_path: str | None, template: str,
+              model_first: bool = True) -> ChatPrompt:
+    """The chat template to serve: with `model_first`, the tokenizer directory's own template when
+    it has one; otherwise `template` (a built-in name, a file or an inline template). `model_first`
+    is false when the user named the template (--chat-template), which then beats the model's."""
     config = _tokenizer_config(tokenizer_path)
     special = {k: v for k, v in ((k, _token_text(config.get(k))) for k in _SPECIAL_TOKENS) if v is not None}
-    if override is None and tokenizer_path is not None:
+    if model_first and tokenizer_path is not None:
         found = model_template(tokenizer_path, config)
         if found is not None:
             return JinjaChat(*found, special, tokenizer)
-    spec = override if override is not None else profile_template
-    if spec in BUILTIN_TEMPLATES:
-        return BuiltinChat(spec, tokenizer)
-    return JinjaChat(*read_template(spec), special, tokenizer)
+    if template in BUILTIN_TEMPLATES:
+        return BuiltinChat(template, tokenizer)
+    return JinjaChat(*read_template(template), special, tokenizer)
 
 
 def model_template(tokenizer_path: str, config: dict[str, Any]) -> tuple[str, str] | None:

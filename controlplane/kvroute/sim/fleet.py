@@ -37,7 +37,7 @@ class SimFleet:
         self.base_port = base_port
         self.profile = load_profile(profile, **engine_overrides)
         # Named here, a template beats the tokenizer directory's own; from the profile it does not.
-        self.chat_template_override: str | None = engine_overrides.get("chat_template")
+        self.model_template_first = engine_overrides.get("chat_template") is None
         self.models = [model] if isinstance(model, str) else list(model)
         self.time_scale = time_scale
         self.per_token_delay = per_token_delay
@@ -58,7 +58,7 @@ class SimFleet:
     async def start(self) -> SimFleet:
         self.clock = SimClock(self.time_scale)
         tok = load_tokenizer(self.tokenizer_path)
-        self.chat = chat = load_chat(tok, self.tokenizer_path, self.chat_template_override, self.profile.chat_template)
+        self.chat = chat = load_chat(tok, self.tokenizer_path, self.profile.chat_template, self.model_template_first)
         try:
             for i in range(self.n):
                 inst = SimInstance(
