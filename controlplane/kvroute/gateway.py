@@ -16,6 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Sequence
 
 from kvroute._native import Router
@@ -91,6 +93,13 @@ async def serve(settings: Settings, started: asyncio.Event | None = None, *, adm
         await gateway.stop()
 
 
+def remove_run_files(supervisor_pid: int, directory: Path | None = None) -> None:
+    """The per-run files of one `serve --workers N` (kvroute-<supervisor pid>-*: the shared admin state
+    and the workers' snapshots). Only the supervisor knows when the last worker has stopped writing."""
+    for path in Path(directory or tempfile.gettempdir()).glob(f"kvroute-{supervisor_pid}-*"):
+        path.unlink(missing_ok=True)
+
+
 def _supervise(settings: Settings, argv: Sequence[str]) -> int:
     """Start `workers` processes on one port and pass signals on; the first to fail stops the rest."""
     # Bound (not listening) with SO_REUSEPORT: fixes the port, port 0 included, for every worker,
@@ -129,6 +138,7 @@ def _supervise(settings: Settings, argv: Sequence[str]) -> int:
             for child in alive.values():
                 child.send_signal(signal.SIGTERM)
     holder.close()
+    remove_run_files(os.getpid())  # every worker has exited: none writes its files again
     return worst
 
 

@@ -17,7 +17,7 @@ from kvroute.admin.observe import LATENCY_BUCKETS, Observer
 from kvroute.admin.worker_snapshots import Snapshot, WorkerSnapshots, for_worker, summed_in_flight, take
 from kvroute.config import Settings
 from kvroute.control.fleet import Fleet
-from kvroute.gateway import WORKER_ENV
+from kvroute.gateway import WORKER_ENV, remove_run_files
 
 
 def samples(page: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -108,7 +108,7 @@ def test_which_snapshot_files_count(tmp_path):
     WorkerSnapshots(tmp_path / "kvroute-2-worker", 5, 0.2).write(replace(base, worker=5))  # another run
     assert sorted(s.worker for s in reader.others()) == [2, 3]
 
-    reader.remove_all()
+    remove_run_files(1, tmp_path)  # what the supervisor does once its workers exited (this run's pid: 1)
     assert reader.others() == [] and sorted(p.name for p in tmp_path.iterdir()) == ["kvroute-2-worker-5-metrics.json"]
 
 

@@ -133,10 +133,6 @@ class WorkerSnapshots:
                 found.append(snapshot)
         return found
 
-    def remove_all(self) -> None:
-        for path in self._files():
-            path.unlink(missing_ok=True)
-
 
 def for_worker(settings: Any, environ: Mapping[str, str] = os.environ) -> WorkerSnapshots | None:
     """The run's snapshots for a worker of `serve --workers N`; None for a router of one process."""

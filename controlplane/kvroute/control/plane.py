@@ -143,10 +143,8 @@ class ControlPlane:
         if self.client is not None:
             self.client.close()
             self.client = None
-        self.shared.close()
         if self._reports_snapshots():
             # Stopped after the proxy: the requests it finished while draining are counted too.
+            # The supervisor removes the run's files once every worker has stopped.
             with contextlib.suppress(OSError):
                 self._write_snapshot()
-        elif self.snapshots is not None:
-            self.snapshots.remove_all()  # worker 0: the run is over

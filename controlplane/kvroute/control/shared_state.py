@@ -73,8 +73,6 @@ class SharedAdminState:
         self.state = AdminState()
         self.applied = 0  # serial of the last document this gateway applied
         self._seen: bytes | None = None
-        # Only the configured file outlives the run; the per-run one goes when worker 0 stops.
-        self.temporary = path is not None and not gateway.settings.admin_state_file
 
     # -- recording (worker 0, from the admin API) -------------------------------------------
 
@@ -172,10 +170,6 @@ class SharedAdminState:
             except Exception:  # one bad document must not stop the worker from taking the next
                 log.exception("applying the admin state failed")
             await asyncio.sleep(interval)
-
-    def close(self) -> None:
-        if self.temporary and self.path is not None and self.gateway.with_admin:  # worker 0 made it
-            self.path.unlink(missing_ok=True)
 
 
 __all__ = ["AdminState", "SharedAdminState", "state_path"]
