@@ -579,23 +579,26 @@ class Router:
             n = c.b.matched_blocks(req.blocks)
             c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
         best_cached = max(c.cached_tokens for c in cands)
-        least_held = min(len(c.b.index) for c in cands)
+        scored = self.policy_name == "cost"  # only cost reads the score; admission reads every TTFT
+        least_held = min(len(c.b.index) for c in cands) if scored and best_cached == 0 else 0
         for c in cands:
             uncached = req.prompt_tokens - c.cached_tokens
-            rate = c.b.prefill_rate
             c.ttft = self.predict(c.b, uncached)
+            if not scored:
+                continue
+            rate = c.b.prefill_rate
             externality = self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / rate)
-            recompute = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
-            content = 0.0
-            if best_cached == 0:  # a prompt nobody holds goes where the least is held
+            if best_cached > 0:
+                placement = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
+            else:  # a prompt nobody holds goes where the least is held
                 excess = (len(c.b.index) - least_held) * self.block_tokens
-                content = self.w["content_weight"] * (float(excess) / rate)
-            c.score = c.ttft + externality + recompute + content
+                placement = self.w["content_weight"] * (float(excess) / rate)
+            c.score = c.ttft + externality + placement
         queue_ahead = self.wait_queue_size > 0 and any(
             w.key[0] <= tier and (resumed is None or w.key < (tier, resumed[1])) and w.req.model == req.model
             for w in self.waiters.values()
         )
-        pick, branch = self._pick(req, cands, session_key)
+        pick, branch = self._pick(req, cands, session_key, best_cached)
         if not self._room(tier, cands[pick].queue, cands[pick].ttft) or queue_ahead:
             spill = None
             if not queue_ahead:
@@ -663,7 +666,8 @@ class Router:
     def _least_load(self, cands: list[_Cand]) -> int:
         return self._argmin_tie([float(c.b.waiting + c.b.in_flight + 1) * c.b.latency_ewma for c in cands], 0.0)
 
-    def _pick(self, req: ParsedRequest, cands: list[_Cand], session_key: str | None) -> tuple[int, str]:
+    def _pick(self, req: ParsedRequest, cands: list[_Cand], session_key: str | None,
+              best_cached: int) -> tuple[int, str]:
         n, name = len(cands), self.policy_name
         if name == "round_robin":
             i = self.rr_next % n
@@ -700,14 +704,13 @@ class Router:
                 if cands[i].b.in_flight + 1 <= cap:
                     return i, "session:sticky" if rank == 0 else "session:spill"
             return ranked[0][1], "session:sticky"
-        # cost: minimum score (TTFT + externality + recompute); near-ties: most cached prefix, then random
+        # cost: minimum score (TTFT + externality + recompute or content); near-ties: most cached prefix, then random
         lo = min(c.score for c in cands)
         limit = lo + abs(lo) * self.w["tie_tolerance"]
         near = [k for k, c in enumerate(cands) if c.score <= limit]
         most = max(cands[k].cached_tokens for k in near)
         ties = [k for k in near if cands[k].cached_tokens == most]
         i = ties[0] if len(ties) == 1 else ties[self.rng.below(len(ties))]
-        best_cached = max(c.cached_tokens for c in cands)
         if best_cached == 0:
             return i, "cost:cold"
         return i, "cost:cache_affinity" if cands[i].cached_tokens == best_cached else "cost:load_spread"

@@ -426,38 +426,47 @@ impl Router {
             self.slot_blocks[slot as usize] = n;
         }
         let mut best_cached = 0u64;
-        let mut least_held = u64::MAX;
         for c in cands.iter_mut() {
             let n = self.slot_blocks[c.slot as usize];
             c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
             best_cached = best_cached.max(c.cached_tokens);
-            least_held = least_held.min(self.index.len(c.slot));
         }
+        // Only `cost` reads the score (admission reads the TTFT of every policy), and only a prompt
+        // nobody holds reads how much each candidate holds.
+        let scored = matches!(self.policy.kind, PolicyKind::Cost);
+        let least_held = if scored && best_cached == 0 {
+            cands.iter().map(|c| self.index.len(c.slot)).min().unwrap_or(0)
+        } else {
+            0
+        };
         for c in cands.iter_mut() {
             let b = self.backend(c.slot);
             let uncached = req.prompt_tokens - c.cached_tokens;
             let w = &self.policy.weights;
             c.ttft = Self::predict(w, b, uncached);
+            if !scored {
+                continue;
+            }
             // The prefill also delays the requests still waiting for their first token there
             // (chunked prefill shares each step): a greedy per-request choice ignores that and
             // moves conversations off their cache too eagerly.
             let rate = b.learned.prefill_rate;
             let externality = w.externality_weight * b.pending as f64 * (uncached as f64 / rate);
-            // Recomputing what another candidate already holds spends fleet prefill capacity
-            // that some later request pays for; the queue it avoids is a transient, estimated
-            // from lagging metrics.
-            let recompute = w.recompute_weight * ((best_cached - c.cached_tokens) as f64 / rate);
-            // Where a new prompt lands decides where its reuse will queue: requests follow their
-            // cache, and leaving it costs the recompute above. Sending prompts nobody holds to
-            // the backend holding the least keeps that future traffic even; the queue right now
-            // is a transient (and partly a lagging estimate), the content is the router's own.
-            let content = if best_cached == 0 {
+            let placement = if best_cached > 0 {
+                // Recomputing what another candidate already holds spends fleet prefill capacity
+                // that some later request pays for; the queue it avoids is a transient, estimated
+                // from lagging metrics.
+                w.recompute_weight * ((best_cached - c.cached_tokens) as f64 / rate)
+            } else {
+                // Where a new prompt lands decides where its reuse will queue: requests follow
+                // their cache, and leaving it costs the recompute above. Sending prompts nobody
+                // holds to the backend holding the least keeps that future traffic even; the queue
+                // right now is a transient (and partly a lagging estimate), the content is the
+                // router's own.
                 let excess = (self.index.len(c.slot) - least_held) * req.block_tokens as u64;
                 w.content_weight * (excess as f64 / rate)
-            } else {
-                0.0
             };
-            c.score = c.ttft + externality + recompute + content;
+            c.score = c.ttft + externality + placement;
         }
         for &(slot, _) in &matches {
             self.slot_blocks[slot as usize] = 0;
@@ -473,7 +482,7 @@ impl Router {
             });
 
         // Pick, then admit.
-        let (mut pick, mut branch) = self.pick(&req, &cands, session_key);
+        let (mut pick, mut branch) = self.pick(&req, &cands, session_key, best_cached);
         let limits = self.limits[tier as usize];
         let room = |c: &Cand| limits.room(c.queue, c.ttft);
         if !room(&cands[pick]) || queue_ahead {
@@ -593,7 +602,7 @@ impl Router {
     }
 
     /// Index of the chosen candidate and the branch that chose it.
-    fn pick(&mut self, req: &Request, cands: &[Cand], session_key: Option<&str>) -> (usize, &'static str) {
+    fn pick(&mut self, req: &Request, cands: &[Cand], session_key: Option<&str>, best_cached: u64) -> (usize, &'static str) {
         let n = cands.len();
         match self.policy.kind {
             PolicyKind::RoundRobin => {
@@ -644,7 +653,6 @@ impl Router {
             },
             PolicyKind::Cost => {
                 let i = self.cost_pick(cands);
-                let best_cached = cands.iter().map(|c| c.cached_tokens).max().unwrap_or(0);
                 let branch = if best_cached == 0 {
                     "cost:cold"
                 } else if cands[i].cached_tokens == best_cached {
