@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 from prometheus_client.metrics_core import Metric
 
-from kvroute.control.atomic_file import write_atomically
+from kvroute.control.atomic_file import FileKey, file_key, write_atomically
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -106,6 +106,9 @@ class WorkerSnapshots:
         self.worker = worker
         self.keep_after_exit = KEEP_AFTER_EXIT_INTERVALS * poll_interval
         self.clock = clock
+        # path -> (its key when read, what it held); a file changes at most once per poll interval,
+        # and worker 0 reads them all on every admin call, on the event loop the proxy runs on.
+        self._read: dict[Path, tuple[FileKey, Snapshot | None]] = {}
 
     def path(self, worker: int) -> Path:
         return self.prefix.with_name(f"{self.prefix.name}-{worker}-metrics.json")
@@ -119,19 +122,35 @@ class WorkerSnapshots:
     def others(self) -> list[Snapshot]:
         """The latest snapshot of every other worker that is alive or stopped only just now."""
         found = []
-        for path in self._files():
-            try:
-                snapshot = Snapshot.decode(path.read_bytes())
-            except FileNotFoundError:  # removed between the listing and the read
-                continue
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("worker snapshot %s unreadable, ignored: %s", path, exc)
-                continue
-            if snapshot.worker == self.worker:
+        paths = self._files()
+        for gone in self._read.keys() - set(paths):
+            del self._read[gone]
+        for path in paths:
+            snapshot = self._snapshot(path)
+            if snapshot is None or snapshot.worker == self.worker:
                 continue
             if _alive(snapshot.pid) or self.clock() - snapshot.written <= self.keep_after_exit:
                 found.append(snapshot)
         return found
+
+    def _snapshot(self, path: Path) -> Snapshot | None:
+        """The file's snapshot, parsed again only when the file changed; None if gone or unreadable."""
+        try:
+            key = file_key(path)
+            cached = self._read.get(path)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            data = path.read_bytes()
+        except FileNotFoundError:  # removed between the listing and the read
+            self._read.pop(path, None)
+            return None
+        try:
+            snapshot: Snapshot | None = Snapshot.decode(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("worker snapshot %s unreadable, ignored: %s", path, exc)
+            snapshot = None
+        self._read[path] = (key, snapshot)
+        return snapshot
 
 
 def for_worker(settings: Any, environ: Mapping[str, str] = os.environ) -> WorkerSnapshots | None:

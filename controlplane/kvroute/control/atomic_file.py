@@ -1,4 +1,5 @@
-"""Replacing a file that other processes read, so that a reader sees the old bytes or the new ones."""
+"""Replacing a file that other processes read, so that a reader sees the old bytes or the new ones,
+and telling cheaply whether such a file changed since it was last read."""
 
 from __future__ import annotations
 
@@ -21,4 +22,14 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-__all__ = ["write_atomically"]
+FileKey = tuple[int, int, int]
+
+
+def file_key(path: Path) -> FileKey:
+    """What changes when the file is rewritten or replaced: (mtime in ns, size, inode). A reader that
+    keeps the key of its last read re-reads only when the key differs. Raises OSError."""
+    stat = os.stat(path)
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+__all__ = ["FileKey", "file_key", "write_atomically"]

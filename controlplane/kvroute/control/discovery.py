@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, P
 
 import yaml
 
+from kvroute.control.atomic_file import FileKey, file_key
 from kvroute.control.fleet import Backend, Fleet, backend_id_for
 
 if TYPE_CHECKING:
@@ -152,17 +153,16 @@ class FileDiscovery:
     def __init__(self, path: str | Path, interval: float) -> None:
         self.path = Path(path)
         self.interval = interval
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: FileKey | None = None
 
     def _read_if_changed(self) -> dict[str, Target] | None:
         try:
-            stat = os.stat(self.path)
+            key = file_key(self.path)
         except OSError as exc:
             if self._seen is not None:
                 log.error("%s: cannot read backends file (%s); keeping the current fleet", self.path, exc)
             self._seen = None
             return None
-        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if key == self._seen:
             return None
         self._seen = key

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from kvroute.control.atomic_file import write_atomically
+from kvroute.control.atomic_file import FileKey, file_key, write_atomically
 from kvroute.control.fleet import backend_id_for
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class SharedAdminState:
         self.path = path
         self.state = AdminState()
         self.applied = 0  # serial of the last document this gateway applied
-        self._seen: bytes | None = None
+        self._seen: FileKey | None = None  # the file as this gateway last read or wrote it
 
     # -- recording (worker 0, from the admin API) -------------------------------------------
 
@@ -105,7 +105,7 @@ class SharedAdminState:
             return
         data = json.dumps(asdict(self.state), sort_keys=True).encode()
         write_atomically(self.path, data)  # other workers read it at any moment
-        self._seen = data
+        self._seen = file_key(self.path)
 
     # -- applying (every worker) ------------------------------------------------------------
 
@@ -114,12 +114,13 @@ class SharedAdminState:
         if self.path is None:
             return None
         try:
+            key = file_key(self.path)
+            if key == self._seen:
+                return None
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        if data == self._seen:
-            return None
-        self._seen = data
+        self._seen = key
         try:
             return AdminState.parse(data.decode())
         except (ValueError, TypeError) as exc:  # a hand-edited file: keep what we have, say why
