@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.netutil import free_port
+from bench.procs import free_port
 
 
 def test_demo_prints_a_table_per_backend_and_a_curl_line() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netutil import free_port
+from bench.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ import yaml
 
 from deploy_support import DASHBOARD, KUBE, dashboard_queries, metric_names, objects
 
-from tests.netutil import free_port
+from bench.procs import free_port
 
 
 def _get(url: str) -> tuple[int, bytes]:

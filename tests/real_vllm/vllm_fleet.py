@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tiny_model
-from tests.netutil import free_port
+from bench.procs import free_port
 
 ENV_VAR = "KVROUTE_VLLM_ENV"
 STAMP_NAME = ".kvroute-env-stamp"  # written last by make_env.sh: its presence means "complete"
