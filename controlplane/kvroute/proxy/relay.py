@@ -324,8 +324,7 @@ class Dispatcher:
                 if failure is not None:
                     return failure
                 if up.complete:  # otherwise _stream reported the failure and told the client
-                    self.fleet.report(backend_id, status < 500, None if status < 500 else "http_5xx")
-                    ok = status < 400
+                    ok = self._answered(backend_id, status)
                 return None
             try:
                 data = await up.read_all(min(settings.idle_timeout, deadline - loop.time()))
@@ -337,10 +336,7 @@ class Dispatcher:
                 return Failure(502, f"backend {backend_id} failed: {exc}", "bad_gateway")
             usage = Usage()
             usage_of_json(data, usage)
-            self.fleet.report(backend_id, status < 500, None if status < 500 else "http_5xx")
-            # Only answers that did the work teach the core about the backend's speed: a 400 is fast for
-            # reasons that say nothing about its load.
-            ok = status < 400
+            ok = self._answered(backend_id, status)
             req.status = up.status
             conn.write(self._relayed(up, routed, rid, req, data))
             return None
@@ -348,6 +344,13 @@ class Dispatcher:
             if up is not None:
                 up.finish()
             self._release(routed.ticket, ok, usage, loop.time() - started)
+
+    def _answered(self, backend_id: str, status: int) -> bool:
+        """Record a whole answer for the backend's health; True when it may teach the core the
+        backend's speed: only answers that did the work (a 400 is fast for reasons that say nothing
+        about its load)."""
+        self.fleet.report(backend_id, status < 500, None if status < 500 else "http_5xx")
+        return status < 400
 
     async def _stream(self, conn: ClientConnection, req: Request, rid: bytes, routed: Routed,
                       up: UpstreamConnection, scanner: StreamScanner, started: float, deadline: float) -> Failure | None:

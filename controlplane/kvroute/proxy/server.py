@@ -292,8 +292,9 @@ class ProxyServer:
         nothing (one timestamp per read) where a timer per request would not."""
         settings = self.gateway.settings
         idle_timeout, read_timeout = settings.keepalive_timeout, settings.request_read_timeout
+        period = min(5.0, max(min(idle_timeout, read_timeout) / 4, 0.05))
         while True:
-            await asyncio.sleep(min(5.0, max(min(idle_timeout, read_timeout) / 4, 0.05)))
+            await asyncio.sleep(period)
             now = self.loop.time()
             for conn in list(self.connections):
                 if conn.task is not None:
