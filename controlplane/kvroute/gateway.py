@@ -10,6 +10,7 @@ admin API: it shows worker 0's core; its changes reach every worker (control/sha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -117,9 +118,15 @@ def _supervise(settings: Settings, argv: Sequence[str]) -> int:
 
     alive = {child.pid: child for child in children}
 
+    def signal_alive(signum: int) -> None:
+        # os.kill, not Popen.send_signal: that polls first and may reap a finished worker before
+        # os.wait() below sees it, losing its exit code.
+        for pid in list(alive):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def forward(signum: int, _frame: object) -> None:
-        for child in alive.values():
-            child.send_signal(signum)
+        signal_alive(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -129,14 +136,14 @@ def _supervise(settings: Settings, argv: Sequence[str]) -> int:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        if alive.pop(pid, None) is None:
+        child = alive.pop(pid, None)
+        if child is None:
             continue
-        code = os.waitstatus_to_exitcode(status)
+        code = child.returncode = os.waitstatus_to_exitcode(status)
         worst = max(worst, abs(code))
         if code != 0:  # a worker that failed (a bad flag, a port in use) takes the others down with it
             log.error("worker %d exited with %d; stopping the others", pid, code)
-            for child in alive.values():
-                child.send_signal(signal.SIGTERM)
+            signal_alive(signal.SIGTERM)
     holder.close()
     remove_run_files(os.getpid())  # every worker has exited: none writes its files again
     return worst
