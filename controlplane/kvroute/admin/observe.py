@@ -41,6 +41,8 @@ BACKEND_GAUGES = (
     ("prefix_cache_hit_rate", "kvroute_backend_prefix_cache_hit_rate",
      "vLLM's prefix cache hits / queries since its start"),
 )
+# Summed over workers in a router of several processes (the other gauges are every worker's own poll).
+IN_FLIGHT_GAUGE = next(name for key, name, _ in BACKEND_GAUGES if key == "in_flight")
 
 
 class FleetCollector(Collector):
@@ -163,7 +165,7 @@ class Observer:
         others = self.others()
         if not others:
             return generate_latest(self.registry)
-        return generate_latest(RouterWideCollector(self.registry, self._recorded_names, others))
+        return generate_latest(RouterWideCollector(self.registry, self._recorded_names, others, IN_FLIGHT_GAUGE))
 
 
 __all__ = ["CONTENT_TYPE", "FleetCollector", "Observer"]

@@ -52,7 +52,6 @@ log = logging.getLogger("kvroute.admin.worker_snapshots")
 SUMMED_TOTALS = ("requests_total", "errors_total", "ttft_sum_s", "ttft_count")
 # A stopped worker's last snapshot still counts this many poll intervals after it was written.
 KEEP_AFTER_EXIT_INTERVALS = 3
-IN_FLIGHT_FAMILY = "kvroute_backend_in_flight"
 
 Sample = tuple[str, dict[str, str], float]  # (sample name, labels, value)
 
@@ -200,17 +199,20 @@ def summed_totals(local: Mapping[str, float], others: Sequence[Snapshot]) -> dic
 
 
 class RouterWideCollector:
-    """Worker 0's registry with the other workers' snapshots added: what its /metrics renders."""
+    """Worker 0's registry with the other workers' snapshots added: what its /metrics renders.
+    `in_flight_family` names the per-backend in-flight gauge (observe.BACKEND_GAUGES)."""
 
-    def __init__(self, registry: CollectorRegistry, recorded: set[str], others: Sequence[Snapshot]) -> None:
+    def __init__(self, registry: CollectorRegistry, recorded: set[str], others: Sequence[Snapshot],
+                 in_flight_family: str) -> None:
         self.registry, self.recorded, self.others = registry, recorded, others
+        self.in_flight_family = in_flight_family
 
     def collect(self) -> Iterator[Metric]:
         in_flight = summed_in_flight(self.others)
         for family in self.registry.collect():
             if family.name in self.recorded:
                 yield from merge_families([family], self.others)
-            elif family.name == IN_FLIGHT_FAMILY:
+            elif family.name == self.in_flight_family:
                 merged = Metric(family.name, family.documentation, family.type, family.unit)
                 for s in family.samples:
                     merged.add_sample(s.name, s.labels, s.value + in_flight.get(s.labels["backend"], 0))
