@@ -14,28 +14,24 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from kvroute._native import Router
-from kvroute.admin.logs import configure_logging
+from kvroute.admin import server as admin_server
+from kvroute.admin import worker_snapshots
+from kvroute.admin.observe import Observer, take
 from kvroute.config import Settings, parse_settings
 from kvroute.control.fleet import Fleet
-from kvroute.admin.observe import Observer
 from kvroute.control.plane import ControlPlane
+from kvroute.logs import configure_logging
+from kvroute.proxy import server as proxy_server
+from kvroute.workers import WORKER_ENV, supervise
 
 log = logging.getLogger("kvroute.gateway")
 
-# Set in the environment of each worker process by the supervisor: the worker's index.
-WORKER_ENV = "KVROUTE_WORKER_INDEX"
-
-
 class Gateway:
-    """Everything one router process holds; components receive it instead of reaching for globals."""
+    """The composition root of one router process: it builds every part and hands each the
+    collaborators it needs (no part receives the Gateway itself)."""
 
     def __init__(self, settings: Settings, *, admin: bool = True) -> None:
         self.settings = settings
@@ -50,30 +46,45 @@ class Gateway:
             self.router.set_policy(settings.policy, **settings.policy_weights)
         self.fleet = Fleet(self.router, settings)
         self.observer = Observer(self.fleet)  # the proxy records outcomes here (kvroute.admin.observe)
-        self.control = ControlPlane(self)
-        self.proxy: Any = None
-        self.admin: Any = None
+        self.control = ControlPlane(settings, self.router, self.fleet, errors=self.observer)
+        # serve --workers N: every worker but 0 reports its numbers in a file, worker 0 adds them up.
+        snapshots = worker_snapshots.for_worker(settings)
+        self.observer.peers = snapshots if admin else None
+        self.reported = snapshots if not admin else None
+        self.proxy: proxy_server.ProxyServer | None = None
+        self.admin: admin_server.AdminServer | None = None
         self.with_admin = admin
+        self._reporter: asyncio.Task[None] | None = None
+
+    def _snapshot(self) -> worker_snapshots.Snapshot:
+        assert self.reported is not None
+        return take(self.observer, self.fleet, self.reported.worker)
 
     async def start(self) -> None:
-        from kvroute.proxy import server as proxy_server
-
         await self.control.start()
-        self.proxy = await proxy_server.start(self)
+        self.proxy = await proxy_server.start(self.settings, self.router, self.fleet, self.observer)
         if self.with_admin:
-            try:
-                from kvroute.admin import server as admin_server
-            except ImportError:  # the admin API is optional for the data path
-                log.warning("kvroute.admin.server not available; running without the admin API")
-            else:
-                self.admin = await admin_server.start(self)
+            app = admin_server.create_app(self.settings, self.router, self.fleet, self.observer, self.control)
+            self.admin = await admin_server.start(self.settings, app)
+        if self.reported is not None:
+            self._reporter = asyncio.get_running_loop().create_task(
+                worker_snapshots.write_forever(self.reported, self._snapshot, self.settings.poll_interval),
+                name="worker snapshots")
 
     async def stop(self) -> None:
         if self.proxy is not None:
             await self.proxy.close(self.settings.grace_period)
         if self.admin is not None:
             await self.admin.close()
+        if self._reporter is not None:
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
         await self.control.stop()
+        if self.reported is not None:
+            # After the proxy drained: the requests it finished while draining are counted too.
+            # The supervisor removes the run's files once every worker has stopped.
+            with contextlib.suppress(OSError):
+                self.reported.write(self._snapshot())
 
 
 async def serve(settings: Settings, started: asyncio.Event | None = None, *, admin: bool = True) -> None:
@@ -94,61 +105,6 @@ async def serve(settings: Settings, started: asyncio.Event | None = None, *, adm
         await gateway.stop()
 
 
-def remove_run_files(supervisor_pid: int, directory: Path | None = None) -> None:
-    """The per-run files of one `serve --workers N` (kvroute-<supervisor pid>-*: the shared admin state
-    and the workers' snapshots). Only the supervisor knows when the last worker has stopped writing."""
-    for path in Path(directory or tempfile.gettempdir()).glob(f"kvroute-{supervisor_pid}-*"):
-        path.unlink(missing_ok=True)
-
-
-def _supervise(settings: Settings, argv: Sequence[str]) -> int:
-    """Start `workers` processes on one port and pass signals on; the first to fail stops the rest."""
-    # Bound (not listening) with SO_REUSEPORT: fixes the port, port 0 included, for every worker,
-    # and receives no connections itself.
-    holder = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((settings.host, settings.port))
-    port = holder.getsockname()[1]
-    children = []
-    for index in range(settings.workers):
-        env = dict(os.environ, **{WORKER_ENV: str(index)})
-        children.append(subprocess.Popen([sys.executable, "-m", "kvroute.cli", "serve", *argv, "--port", str(port)],
-                                         env=env))
-    log.info("kvroute: %d workers on %s:%d", settings.workers, settings.host, port)
-
-    alive = {child.pid: child for child in children}
-
-    def signal_alive(signum: int) -> None:
-        # os.kill, not Popen.send_signal: that polls first and may reap a finished worker before
-        # os.wait() below sees it, losing its exit code.
-        for pid in list(alive):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def forward(signum: int, _frame: object) -> None:
-        signal_alive(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    worst = 0
-    while alive:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        child = alive.pop(pid, None)
-        if child is None:
-            continue
-        code = child.returncode = os.waitstatus_to_exitcode(status)
-        worst = max(worst, abs(code))
-        if code != 0:  # a worker that failed (a bad flag, a port in use) takes the others down with it
-            log.error("worker %d exited with %d; stopping the others", pid, code)
-            signal_alive(signal.SIGTERM)
-    holder.close()
-    remove_run_files(os.getpid())  # every worker has exited: none writes its files again
-    return worst
-
-
 def main(argv: Sequence[str]) -> int:
     import uvloop
 
@@ -156,6 +112,6 @@ def main(argv: Sequence[str]) -> int:
     configure_logging(settings)  # --log-format text|json, request id on every line
     worker = os.environ.get(WORKER_ENV)
     if settings.workers > 1 and worker is None:
-        return _supervise(settings, argv)
+        return supervise(settings, argv)
     uvloop.run(serve(settings, admin=worker in (None, "0")))
     return 0

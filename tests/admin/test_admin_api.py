@@ -75,7 +75,8 @@ async def test_no_token_refuses_non_loopback():
     from kvroute.admin import server
 
     with pytest.raises(ConfigError, match="admin_token"):
-        await server.start(gateway)
+        app = server.create_app(gateway.settings, gateway.router, gateway.fleet, gateway.observer, gateway.control)
+        await server.start(gateway.settings, app)
 
 
 async def test_admin_add_makes_a_backend_receive_traffic(sims):

@@ -4,7 +4,7 @@ import io
 import json
 import logging
 
-from kvroute.admin.logs import configure_logging, request_id
+from kvroute.logs import configure_logging, request_id
 from kvroute.config import Settings
 
 

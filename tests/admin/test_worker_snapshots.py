@@ -14,10 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvroute._native import Router
 from kvroute.admin.observe import LATENCY_BUCKETS, Observer
-from kvroute.admin.worker_snapshots import Snapshot, WorkerSnapshots, for_worker, summed_in_flight, take
+from kvroute.admin.observe import take
+from kvroute.admin.worker_snapshots import Snapshot, WorkerSnapshots, for_worker, summed_in_flight
 from kvroute.config import Settings
 from kvroute.control.fleet import Fleet
-from kvroute.gateway import WORKER_ENV, remove_run_files
+from kvroute.workers import WORKER_ENV, remove_run_files
 
 
 def samples(page: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

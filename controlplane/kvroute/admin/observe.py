@@ -10,6 +10,7 @@ renders and totals the whole router (kvroute.admin.worker_snapshots).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -17,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kvroute.admin.worker_snapshots import RouterWideCollector, Snapshot, WorkerSnapshots, summed_totals
+from kvroute.admin.worker_snapshots import (SUMMED_TOTALS, RouterWideCollector, Snapshot, WorkerSnapshots,
+                                            summed_totals)
 
 if TYPE_CHECKING:
     from kvroute.control.fleet import Fleet
@@ -168,4 +170,14 @@ class Observer:
         return generate_latest(RouterWideCollector(self.registry, self._recorded_names, others, IN_FLIGHT_GAUGE))
 
 
-__all__ = ["CONTENT_TYPE", "FleetCollector", "Observer"]
+def take(observer: Observer, fleet: Fleet, worker: int) -> Snapshot:
+    """This worker's numbers as a snapshot for worker 0 to add up (admin/worker_snapshots.py)."""
+    families = {family.name: [(s.name, dict(s.labels), s.value) for s in family.samples]
+                for metric in observer.recorded for family in metric.collect()}
+    totals = observer.totals()
+    in_flight = {b.id: n for b in fleet.all() if (n := fleet.router.in_flight(b.id))}
+    return Snapshot(worker=worker, pid=os.getpid(), written=time.time(), families=families,
+                    totals={key: float(totals[key]) for key in SUMMED_TOTALS}, in_flight=in_flight)
+
+
+__all__ = ["CONTENT_TYPE", "FleetCollector", "Observer", "take"]

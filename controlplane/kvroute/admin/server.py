@@ -27,11 +27,14 @@ from starlette.exceptions import HTTPException  # also what an unknown path or m
 from kvroute.admin.observe import CONTENT_TYPE
 from kvroute.admin.worker_snapshots import summed_in_flight
 from kvroute.config import as_dict, check_admin_exposure, is_loopback
-from kvroute.control.fleet import Backend, backend_id_for
-from kvroute.control.plane import TIERS, apply_admission
+from kvroute.control.fleet import Backend, Fleet, backend_id_for
+from kvroute.control.admission import TIERS, apply_admission
 
 if TYPE_CHECKING:
-    from kvroute.gateway import Gateway
+    from kvroute._native import Router
+    from kvroute.admin.observe import Observer
+    from kvroute.config import Settings
+    from kvroute.control.plane import ControlPlane
 
 log = logging.getLogger("kvroute.admin")
 
@@ -70,15 +73,9 @@ class PolicyUpdate(BaseModel):
     max_wait_ms_low: float | None = Field(None, ge=0)
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    settings = gateway.settings
-    fleet = gateway.fleet
-    router = gateway.router
-    observer = gateway.observer
+def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Observer, control: ControlPlane) -> FastAPI:
     # Every change is also recorded for the other workers and for restarts (control/shared_state.py).
-    shared = gateway.control.shared
-    # What this API reports counts every worker's requests (admin/worker_snapshots.py).
-    observer.peers = gateway.control.snapshots
+    shared = control.shared
 
     def require_token(request: Request) -> None:
         token = settings.admin_token
@@ -141,7 +138,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         existing = fleet.get(backend_id)
         if existing is not None and not existing.retiring:
             raise AdminError(409, f"backend {backend_id!r} exists (source {existing.source})", "conflict_error")
-        await gateway.control.add_backend(body.url, source="admin")
+        await control.add_backend(body.url, source="admin")
         shared.added(body.url)
         log.info("admin: added backend %s", backend_id)
         return backend_state(backend_id)
@@ -205,7 +202,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         for key, value in changes.items():
             setattr(settings, key, value)
         if changes:
-            apply_admission(gateway)
+            apply_admission(router, settings)
         name, weights = router.policy()
         shared.policy(name, dict(weights), changes)
         log.info("admin: policy now %s", policy_state())
@@ -302,12 +299,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def start(gateway: Gateway) -> AdminServer:
-    settings = gateway.settings
+async def start(settings: Settings, app: FastAPI) -> AdminServer:
     check_admin_exposure(settings)  # again here: a Gateway may be built from Settings without load()
     # Binding ourselves gives the real port before serving (admin_port 0 in tests) and fails loudly here.
     sock = _bind(settings.admin_host, settings.admin_port)
-    config = uvicorn.Config(create_app(gateway), log_config=None, access_log=False, lifespan="off",
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=5, ssl_certfile=settings.tls_certfile or None,
                             ssl_keyfile=settings.tls_keyfile or None)
     server = _Server(config)

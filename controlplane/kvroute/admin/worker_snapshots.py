@@ -26,11 +26,11 @@ are named after the supervisor process, so a later run never reads an earlier ru
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import operator
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,12 +39,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from prometheus_client.metrics_core import Metric
 
 from kvroute.control.atomic_file import FileKey, file_key, write_atomically
+from kvroute.workers import run_file, worker_index
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
-
-    from kvroute.admin.observe import Observer
-    from kvroute.control.fleet import Fleet
 
 log = logging.getLogger("kvroute.admin.worker_snapshots")
 
@@ -76,15 +74,6 @@ class Snapshot:
         return cls(worker=int(raw["worker"]), pid=int(raw["pid"]), written=float(raw["written"]),
                    families=families, totals={k: float(v) for k, v in raw["totals"].items()},
                    in_flight={k: int(v) for k, v in raw["in_flight"].items()})
-
-
-def take(observer: Observer, fleet: Fleet, worker: int) -> Snapshot:
-    families = {family.name: [(s.name, dict(s.labels), s.value) for s in family.samples]
-                for metric in observer.recorded for family in metric.collect()}
-    totals = observer.totals()
-    in_flight = {b.id: n for b in fleet.all() if (n := fleet.router.in_flight(b.id))}
-    return Snapshot(worker=worker, pid=os.getpid(), written=time.time(), families=families,
-                    totals={key: float(totals[key]) for key in SUMMED_TOTALS}, in_flight=in_flight)
 
 
 def _alive(pid: int) -> bool:
@@ -154,12 +143,21 @@ class WorkerSnapshots:
 
 def for_worker(settings: Any, environ: Mapping[str, str] = os.environ) -> WorkerSnapshots | None:
     """The run's snapshots for a worker of `serve --workers N`; None for a router of one process."""
-    from kvroute.gateway import WORKER_ENV  # here: the gateway module imports the admin package
-
-    if settings.workers <= 1 or WORKER_ENV not in environ:
+    worker = worker_index(settings, environ)
+    if worker is None:
         return None
-    prefix = Path(tempfile.gettempdir()) / f"kvroute-{os.getppid()}-worker"
-    return WorkerSnapshots(prefix, int(environ[WORKER_ENV]), settings.poll_interval)
+    return WorkerSnapshots(run_file("worker"), worker, settings.poll_interval)
+
+
+async def write_forever(snapshots: WorkerSnapshots, take: Callable[[], Snapshot], interval: float) -> None:
+    """A worker but 0 of `serve --workers N`: write this worker's snapshot every interval until
+    cancelled (the gateway writes a last one after its proxy drained)."""
+    while True:
+        try:
+            snapshots.write(take())
+        except Exception:  # a full disk must not stop the worker; the next round tries again
+            log.exception("writing this worker's metrics snapshot failed")
+        await asyncio.sleep(interval)
 
 
 def merge_families(local: Iterable[Metric], others: Sequence[Snapshot]) -> Iterator[Metric]:
@@ -222,4 +220,4 @@ class RouterWideCollector:
 
 
 __all__ = ["RouterWideCollector", "Snapshot", "WorkerSnapshots", "for_worker", "merge_families",
-           "summed_in_flight", "summed_totals", "take"]
+           "summed_in_flight", "summed_totals", "write_forever"]

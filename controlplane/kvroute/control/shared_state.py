@@ -20,16 +20,19 @@ import asyncio
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
+from kvroute.control.admission import apply_admission
 from kvroute.control.atomic_file import FileKey, file_key, write_atomically
 from kvroute.control.fleet import backend_id_for
+from kvroute.workers import run_file, worker_index
 
 if TYPE_CHECKING:
-    from kvroute.gateway import Gateway
+    from kvroute._native import Router
+    from kvroute.config import Settings
+    from kvroute.control.fleet import Fleet
 
 log = logging.getLogger("kvroute.control.shared_state")
 
@@ -55,20 +58,20 @@ def state_path(settings: Any, environ: Mapping[str, str] = os.environ) -> Path |
     """Where the document lives: `admin_state_file`, or for the workers of one `serve --workers N`
     without it, a file named after their supervisor (the parent of every worker): shared by the
     workers of this run only, so nothing carries over to the next."""
-    from kvroute.gateway import WORKER_ENV  # here: the gateway module imports the control plane
-
     if settings.admin_state_file:
         return Path(settings.admin_state_file)
-    if settings.workers > 1 and WORKER_ENV in environ:
-        return Path(tempfile.gettempdir()) / f"kvroute-{os.getppid()}-admin-state.json"
+    if worker_index(settings, environ) is not None:
+        return run_file("admin-state.json")
     return None
 
 
 class SharedAdminState:
     """One gateway's side of the shared document: records worker 0's changes, applies everyone's."""
 
-    def __init__(self, gateway: Gateway, path: Path | None) -> None:
-        self.gateway = gateway
+    def __init__(self, settings: Settings, router: Router, fleet: Fleet,
+                 add_backend: Callable[[str], Awaitable[object]], path: Path | None) -> None:
+        self.settings, self.router, self.fleet = settings, router, fleet
+        self.add_backend = add_backend  # adds and polls once (ControlPlane.add_backend)
         self.path = path
         self.state = AdminState()
         self.applied = 0  # serial of the last document this gateway applied
@@ -136,10 +139,7 @@ class SharedAdminState:
         await self._apply()
 
     async def _apply(self) -> None:
-        from kvroute.control.plane import apply_admission
-
-        gateway, state = self.gateway, self.state
-        fleet, router, settings = gateway.fleet, gateway.router, gateway.settings
+        state, fleet, router, settings = self.state, self.fleet, self.router, self.settings
         name, weights = router.policy()
         if state.policy is not None and (name, dict(weights)) != (state.policy, state.weights):
             router.set_policy(state.policy, **state.weights)
@@ -147,11 +147,11 @@ class SharedAdminState:
         if any(getattr(settings, key) != value for key, value in state.admission.items()):
             for key, value in state.admission.items():
                 setattr(settings, key, value)
-            apply_admission(gateway)
+            apply_admission(router, settings)
         for backend_id, url in state.added.items():
             backend = fleet.get(backend_id)
             if backend is None or backend.retiring:
-                await gateway.control.add_backend(url, source="admin")
+                await self.add_backend(url)
         removals = [b for b, serial in state.removed.items() if serial > self.applied and fleet.get(b) is not None]
         for backend_id in removals:
             fleet.retire(backend_id)

@@ -13,17 +13,21 @@ import json
 import logging
 import math
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from kvroute._native import KvrouteError, MalformedRequest, Queued, Rejected, Routed
-from kvroute.admin.logs import request_id
+from kvroute.logs import request_id
 from kvroute.proxy import http
 from kvroute.proxy.sse import StreamScanner, Usage, ask_for_usage, error_event, usage_of_json
-from kvroute.proxy.upstream import Target, UpstreamConnection, UpstreamError
+from kvroute.proxy.request import Client, Request
+from kvroute.proxy.upstream import Target, UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from kvroute._native import Endpoint, Priority
-    from kvroute.proxy.server import ClientConnection, ProxyServer, Request
+    from kvroute._native import Router
+    from kvroute.admin.observe import Observer
+    from kvroute.config import Settings
+    from kvroute.control.fleet import Fleet
 
 log = logging.getLogger("kvroute.proxy")
 
@@ -78,26 +82,30 @@ def new_request_id() -> bytes:
 
 
 class Dispatcher:
-    def __init__(self, server: ProxyServer) -> None:
-        gateway = server.gateway
-        self.server = server
-        self.settings = settings = gateway.settings
-        self.router = gateway.router
-        self.fleet = gateway.fleet
-        self.pool = server.pool
-        self.loop = server.loop
+    def __init__(self, settings: Settings, router: Router, fleet: Fleet, observer: Observer | None,
+                 pool: UpstreamPool, draining: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.router = router
+        self.fleet = fleet
+        self.pool = pool
+        self.draining = draining  # the server stops keep-alive once it drains
+        self.loop = asyncio.get_running_loop()
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.budget = RetryBudget(settings.retry_budget)
-        self.observer = getattr(gateway, "observer", None)
+        self.observer = observer
         self.api_key_tiers: dict[bytes, Priority] = {}
         for key, tier in settings.api_key_tiers.items():
             if tier.encode() not in PRIORITIES:
                 raise ValueError(f"api_key_tiers: tier {tier!r} is not one of high, normal, low")
             self.api_key_tiers[key.encode()] = PRIORITIES[tier.encode()]
 
+    def _keep_alive(self, req: Request) -> bool:
+        """Whether this answer keeps the connection open: the client asked for it and we are not draining."""
+        return req.keep_alive and not self.draining()
+
     # -- surface --
 
-    async def handle(self, conn: ClientConnection, req: Request) -> None:
+    async def handle(self, conn: Client, req: Request) -> None:
         if req.reject:
             req.keep_alive = False
             return self._error(conn, req, 413, f"request body exceeds max_body_size ({self.settings.max_body_size} bytes)",
@@ -118,7 +126,7 @@ class Dispatcher:
                 return self._error(conn, req, 503, "no healthy backend", "no_backend")
         return self._error(conn, req, 404, f"unknown path {req.path.decode(errors='replace')}", "not_found")
 
-    async def models(self, conn: ClientConnection, req: Request) -> None:
+    async def models(self, conn: Client, req: Request) -> None:
         """The union of the models of healthy backends: the control plane's view where it has one,
         else asked from the backend right now."""
         listed: dict[str, dict[str, object]] = {}
@@ -148,7 +156,7 @@ class Dispatcher:
 
     # -- the proxied path --
 
-    async def forward(self, conn: ClientConnection, req: Request, endpoint: Endpoint) -> None:
+    async def forward(self, conn: Client, req: Request, endpoint: Endpoint) -> None:
         """Proxy one OpenAI request, and record its outcome for the admin API's metrics."""
         started = self.loop.time()
         rid = req.header(b"x-request-id") or new_request_id()
@@ -166,7 +174,7 @@ class Dispatcher:
                 self.observer.request_done(req.model, req.backend, status, req.priority, req.ttft,
                                            self.loop.time() - started, req.branch or None)
 
-    async def _forward(self, conn: ClientConnection, req: Request, endpoint: Endpoint, rid: bytes) -> None:
+    async def _forward(self, conn: Client, req: Request, endpoint: Endpoint, rid: bytes) -> None:
         ctype = req.header(b"content-type")
         if ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
             return self._error(conn, req, 415, "content-type must be application/json", "unsupported_media_type",
@@ -279,7 +287,7 @@ class Dispatcher:
         if woken:
             self.wake(woken)
 
-    async def _attempt(self, conn: ClientConnection, req: Request, rid: bytes, routed: Routed,
+    async def _attempt(self, conn: Client, req: Request, rid: bytes, routed: Routed,
                        payload: tuple[bytes, bool]) -> Failure | None:
         """One try on the backend the core chose; a Failure means nothing reached the client."""
         settings = self.settings
@@ -352,7 +360,7 @@ class Dispatcher:
         self.fleet.report(backend_id, status < 500, None if status < 500 else "http_5xx")
         return status < 400
 
-    async def _stream(self, conn: ClientConnection, req: Request, rid: bytes, routed: Routed,
+    async def _stream(self, conn: Client, req: Request, rid: bytes, routed: Routed,
                       up: UpstreamConnection, scanner: StreamScanner, started: float, deadline: float) -> Failure | None:
         """Relay an SSE body event by event; the status line goes out with the first event, so a backend
         that fails before that can still be retried elsewhere."""
@@ -406,7 +414,7 @@ class Dispatcher:
             req.keep_alive = False  # an HTTP/1.0 stream ends with the connection
         return None
 
-    def _cut(self, conn: ClientConnection, req: Request, event: bytes) -> None:
+    def _cut(self, conn: Client, req: Request, event: bytes) -> None:
         """End a stream that cannot be finished: an error event the client can see, then close."""
         req.keep_alive = False
         conn.write(http.chunk(event) + http.LAST_CHUNK if req.http11 else event)
@@ -440,7 +448,7 @@ class Dispatcher:
         return lines
 
     def _relayed(self, up: UpstreamConnection, routed: Routed, rid: bytes, req: Request, body: bytes) -> bytes:
-        keep_alive = req.keep_alive and not self.server.draining
+        keep_alive = self._keep_alive(req)
         parts = [http.status_line(up.status)]
         parts += self._response_headers(up, routed, rid)
         parts += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
@@ -454,34 +462,34 @@ class Dispatcher:
         parts += self._response_headers(up, routed, rid)
         if chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
-        if not chunked or not req.keep_alive or self.server.draining:
+        if not chunked or not self._keep_alive(req):
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
     # -- answers the router gives itself --
 
-    def _json(self, conn: ClientConnection, req: Request, status: int, body: bytes) -> None:
+    def _json(self, conn: Client, req: Request, status: int, body: bytes) -> None:
         req.status = status
-        conn.write(http.response(status, body, [], req.keep_alive and not self.server.draining))
+        conn.write(http.response(status, body, [], self._keep_alive(req)))
 
-    def _error(self, conn: ClientConnection, req: Request, status: int, message: str, code: str, *,
+    def _error(self, conn: Client, req: Request, status: int, message: str, code: str, *,
                param: str | None = None, rid: bytes | None = None, extra: list[bytes] | None = None) -> None:
         headers = list(extra or [])
         if rid is not None:
             headers.append(b"x-request-id: " + rid + b"\r\n")
         req.status = status
         conn.write(http.response(status, http.error_body(status, message, code, param), headers,
-                                 req.keep_alive and not self.server.draining))
+                                 self._keep_alive(req)))
 
-    def _fail(self, conn: ClientConnection, req: Request, failure: Failure, rid: bytes) -> None:
+    def _fail(self, conn: Client, req: Request, failure: Failure, rid: bytes) -> None:
         if failure.raw is not None:
             req.status = failure.status
             conn.write(failure.raw)
             return
         self._error(conn, req, failure.status, failure.message, failure.code, rid=rid)
 
-    def _rejected(self, conn: ClientConnection, req: Request, rejected: Rejected, rid: bytes) -> None:
+    def _rejected(self, conn: Client, req: Request, rejected: Rejected, rid: bytes) -> None:
         reason = rejected.reason
         message = rejected.message or reason
         if reason == "unknown_model":

@@ -19,11 +19,15 @@ import httptools
 
 from kvroute.proxy import http
 from kvroute.proxy.relay import Dispatcher
+from kvroute.proxy.request import Request
 from kvroute.proxy.sse import error_event
 from kvroute.proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from kvroute.gateway import Gateway
+    from kvroute._native import Router
+    from kvroute.admin.observe import Observer
+    from kvroute.config import Settings
+    from kvroute.control.fleet import Fleet
 
 log = logging.getLogger("kvroute.proxy")
 
@@ -31,46 +35,11 @@ log = logging.getLogger("kvroute.proxy")
 _MAX_PIPELINED = 16
 
 
-class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11", "reject",
-                 "status", "streaming", "backend", "branch", "model", "ttft", "priority")
-
-    def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-                 keep_alive: bool, http11: bool, reject: int) -> None:
-        self.method = method
-        path, _, query = url.partition(b"?")
-        self.path = path
-        self.query = query
-        self.headers = headers  # names lower-cased
-        self.body = body
-        self.keep_alive = keep_alive
-        self.http11 = http11
-        self.reject = reject  # a status decided while parsing (413), 0 if none
-        self.status = 0  # the status sent to the client, 0 while nothing was sent
-        self.streaming = False  # ... and the body is an open chunked stream
-        # For the record (admin metrics): where the request went, why, for which model, its TTFT.
-        self.backend = ""
-        self.branch = ""
-        self.model = ""
-        self.ttft: float | None = None
-        self.priority = "normal"
-
-    @property
-    def responded(self) -> bool:
-        return self.status != 0
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-
 class ClientConnection(asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.loop = server.loop
-        self.max_body = server.gateway.settings.max_body_size
+        self.max_body = server.settings.max_body_size
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.closed = False
@@ -260,21 +229,21 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:
 
 
 class ProxyServer:
-    """The data plane of one router process; `gateway.proxy` once started."""
+    """The data plane of one router process; `Gateway.proxy` once started."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, settings: Settings, router: Router, fleet: Fleet, observer: Observer | None) -> None:
+        self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self.pool = UpstreamPool(gateway.settings.connect_timeout)
-        self.dispatcher = Dispatcher(self)
+        self.pool = UpstreamPool(settings.connect_timeout)
+        self.dispatcher = Dispatcher(settings, router, fleet, observer, self.pool, lambda: self.draining)
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
 
     async def listen(self, sock: socket.socket | None = None) -> None:
-        settings = self.gateway.settings
+        settings = self.settings
         tls = tls_context(settings.tls_certfile, settings.tls_keyfile)
         if sock is not None:
             self._server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096,
@@ -290,7 +259,7 @@ class ProxyServer:
         """Close keep-alive connections idle past `keepalive_timeout`, and answer 408 to requests not
         received whole within `request_read_timeout`: a sweep every few seconds costs the hot path
         nothing (one timestamp per read) where a timer per request would not."""
-        settings = self.gateway.settings
+        settings = self.settings
         idle_timeout, read_timeout = settings.keepalive_timeout, settings.request_read_timeout
         period = min(5.0, max(min(idle_timeout, read_timeout) / 4, 0.05))
         while True:
@@ -304,10 +273,6 @@ class ProxyServer:
                                      f"({read_timeout:g} s)", "request_timeout")
                 elif conn.last_active < now - idle_timeout:
                     conn.close()
-
-    def wake(self, wait_ids: list[int]) -> None:
-        """Queued requests the core says may go now (Router.release returned their ids)."""
-        self.dispatcher.wake(wait_ids)
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting; let in-flight requests finish for up to `grace_s`; then cut the rest off
@@ -332,7 +297,8 @@ class ProxyServer:
         self.pool.close()
 
 
-async def start(gateway: Gateway, sock: socket.socket | None = None) -> ProxyServer:
-    server = ProxyServer(gateway)
+async def start(settings: Settings, router: Router, fleet: Fleet, observer: Observer | None,
+                sock: socket.socket | None = None) -> ProxyServer:
+    server = ProxyServer(settings, router, fleet, observer)
     await server.listen(sock)
     return server
