@@ -232,6 +232,10 @@ def validate(settings: Settings) -> Settings:
             Router(settings.policy).set_policy(settings.policy, **settings.policy_weights)
         except InvalidConfig as exc:
             raise ConfigError(f"configuration: key 'policy_weights': {exc}") from None
+    for key, tier in settings.api_key_tiers.items():
+        if not isinstance(key, str) or not key or tier not in ("high", "normal", "low"):
+            raise ConfigError(f"configuration: key 'api_key_tiers': {key!r} maps to {tier!r}; each API key must map "
+                              "to one of high, normal, low")
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")

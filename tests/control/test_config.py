@@ -64,6 +64,15 @@ def test_cross_key_checks():
     assert _load(["--admin-host", "::1"]).admin_host == "::1"
 
 
+def test_api_key_tiers_name_a_known_tier(tmp_path):
+    config = tmp_path / "kvroute.yaml"
+    config.write_text("api_key_tiers:\n  gold: platinum\n")
+    with pytest.raises(ConfigError, match="'api_key_tiers'.*'gold' maps to 'platinum'"):
+        _load(["--config", str(config)])
+    config.write_text("api_key_tiers:\n  gold: high\n")
+    assert _load(["--config", str(config)]).api_key_tiers == {"gold": "high"}
+
+
 def test_defaults_are_valid():
     assert _load([]) == Settings()
 
