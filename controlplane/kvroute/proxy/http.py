@@ -30,19 +30,14 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    408: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "api_error",
-    504: "api_error",
-}
+# OpenAI's error types by status; any other 4xx is the client's request, any 5xx the service.
+_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def error_type(status: int) -> str:
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
 def status_line(status: int) -> bytes:
@@ -52,8 +47,7 @@ def status_line(status: int) -> bytes:
 
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
     """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
-    kind = _ERROR_TYPES.get(status, "api_error")
-    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": error_type(status), "param": param, "code": code}}).encode()
 
 
 def response(status: int, body: bytes, headers: list[bytes], keep_alive: bool,

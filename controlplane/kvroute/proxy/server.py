@@ -33,6 +33,14 @@ log = logging.getLogger("kvroute.proxy")
 
 # Requests a client may pipeline ahead of the one being served before its socket stops being read.
 _MAX_PIPELINED = 16
+# A request line plus headers larger than this is answered 431: nothing legitimate needs more, and
+# httptools itself sets no bound, so a client could grow a connection's buffers without limit.
+MAX_HEAD_BYTES = 64 * 1024
+# After refusing a request the router reads and discards what the client is still sending, up to
+# these bounds, before closing (a lingering close, as nginx does): a client writes its whole body
+# before it reads, and closing on unread bytes resets the connection, losing the answer it was sent.
+LINGER_BYTES = 256 * 1024 * 1024
+LINGER_SECONDS = 10.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -54,6 +62,9 @@ class ClientConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._reject = 0
+        self._head_size = 0
+        self._lingering = False
+        self._discarded = 0
         self.last_active = self.loop.time()
         # When the request being received began (None between requests): a client must finish
         # sending within request_read_timeout, or it could hold a connection by trickling bytes.
@@ -67,6 +78,11 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
+        if self._lingering:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -104,14 +120,25 @@ class ClientConnection(asyncio.Protocol):
         self._body = []
         self._size = 0
         self._reject = 0
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD_BYTES and not self._lingering:
+            self.refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
+                        "request_header_fields_too_large")
 
     def on_headers_complete(self) -> None:
+        if self._lingering:
+            return
         expect_continue = False
         for name, value in self._headers:
             if name == b"content-length":
@@ -127,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(http.CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        if self._reject:
+        if self._reject or self._lingering:
             return
         self._size += len(body)
         if self._size > self.max_body:
@@ -138,8 +165,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.receiving_since = None
-        if self.transport is None or self.transport.is_closing():
-            return  # refused while parsing (413 before the body): nothing more to answer
+        if self._lingering or self.transport is None or self.transport.is_closing():
+            return  # refused while parsing (413 before the body, 431): nothing more to answer
         parser = self.parser
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(parser.get_method(), self._url, self._headers, body, parser.should_keep_alive(),
@@ -212,9 +239,23 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def refuse(self, status: int, message: str, code: str) -> None:
-        """Answer an error and close: what was received cannot be trusted to frame a next request."""
+        """Answer an error and close: what was received cannot be trusted to frame a next request.
+
+        The close lingers: the answer goes out with a FIN, and what the client still sends is read
+        and dropped (bounded by LINGER_BYTES and LINGER_SECONDS) until it hangs up, so a client that
+        writes a whole oversized body before reading gets the 413 instead of a connection reset."""
+        if self._lingering:
+            return
         self.write(http.response(status, http.error_body(status, message, code), [], keep_alive=False))
-        self.close()
+        transport = self.transport
+        if self.task is not None or transport is None or transport.is_closing():
+            self.close()  # an earlier pipelined answer is still being written: it ends with the connection
+            return
+        self._lingering = True
+        self.receiving_since = None
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.close)
 
 
 def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:
