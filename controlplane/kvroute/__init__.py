@@ -5,6 +5,8 @@ public API so callers write `from kvroute import Router, Routed, KvrouteError`.
 """
 
 from kvroute._native import (
+    BRANCHES,
+    REASONS,
     InvalidConfig,
     KvrouteError,
     MalformedRequest,
@@ -18,6 +20,8 @@ from kvroute._native import (
 )
 
 __all__ = [
+    "BRANCHES",
+    "REASONS",
     "InvalidConfig",
     "KvrouteError",
     "MalformedRequest",

@@ -15,9 +15,14 @@ __all__ = [
     "Endpoint",
     "Priority",
     "Decision",
+    "BRANCHES",
+    "REASONS",
 ]
 
 __version__: Final[str]
+# Every `Routed.branch` and every `Rejected.reason` the core can return (docs/routing.md lists them).
+BRANCHES: Final[tuple[str, ...]]
+REASONS: Final[tuple[str, ...]]
 
 class KvrouteError(Exception): ...
 class MalformedRequest(KvrouteError):

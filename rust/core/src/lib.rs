@@ -3,11 +3,15 @@
 //! - `request`: reads an OpenAI request body once (model, stream, max_tokens, prompt blocks);
 //! - `index`: which prompt prefixes each backend holds;
 //! - `router`: backends, tickets, policies, admission and the wait queue;
+//! - `outcome`: the decision values and the branch and reason names they carry;
+//! - `admission`: priority tiers and their limits;
 //! - `policy`: policy names and weights; `snapshot`: the plain value tree for introspection.
+pub mod admission;
 pub mod backend;
 pub mod error;
 mod fasthash;
 pub mod index;
+pub mod outcome;
 pub mod policy;
 pub mod request;
 pub mod rng;
@@ -19,7 +23,9 @@ pub mod snapshot;
 pub use backend::BackendUpdate;
 pub use error::{CoreError, Result};
 pub use request::{parse, Endpoint, HashConfig, Request};
-pub use router::{Decision, Queued, Rejected, Routed, Router, RouterConfig, Tier};
+pub use admission::Tier;
+pub use outcome::{Branch, Decision, Outcome, Queued, Reason, Rejected, Routed};
+pub use router::{Router, RouterConfig};
 pub use snapshot::Snap;
 
 pub fn version() -> &'static str {

@@ -16,104 +16,9 @@ use crate::index::{PrefixIndex, DEFAULT_CAPACITY_BLOCKS};
 use crate::policy::{PolicyConfig, PolicyKind, Weights};
 use crate::request::{HashConfig, Request};
 use crate::rng::Rng;
+use crate::admission::{Tier, TierLimits, TierStats, DEFAULT_LIMITS};
+use crate::outcome::{Branch, Decision, Outcome, Queued, Reason, Rejected, Routed};
 use crate::snapshot::{kv, Snap};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Tier {
-    High = 0,
-    Normal = 1,
-    Low = 2,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::High, Tier::Normal, Tier::Low];
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "high" => Ok(Tier::High),
-            "normal" => Ok(Tier::Normal),
-            "low" => Ok(Tier::Low),
-            other => Err(CoreError::config(format!("unknown priority {other:?} (expected high, normal or low)"))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::High => "high",
-            Tier::Normal => "normal",
-            Tier::Low => "low",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Routed {
-    pub ticket: u64,
-    pub backend_id: String,
-    pub branch: &'static str,
-    pub model: String,
-    pub stream: bool,
-    pub max_tokens: Option<u64>,
-    pub prompt_tokens: u64,
-    pub cached_tokens: u64,
-    pub predicted_ttft_s: f64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rejected {
-    pub reason: &'static str,
-    pub tier: Tier,
-    pub model: String,
-    pub retry_after_s: f64,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Queued {
-    pub wait_id: u64,
-    pub tier: Tier,
-    pub model: String,
-    pub position: u64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
-    Routed(Routed),
-    Rejected(Rejected),
-    Queued(Queued),
-}
-
-/// Per-tier admission limits; `None` = unlimited.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TierLimits {
-    /// A backend has room for this tier while its queue depth is below this.
-    pub max_queue: Option<u64>,
-    /// ... and while the request's predicted TTFT there is below this.
-    pub max_wait_ms: Option<f64>,
-}
-
-impl TierLimits {
-    /// Whether a backend with this queue depth, where the request's predicted TTFT is `ttft_s`,
-    /// still has room for the tier.
-    pub fn room(&self, queue: u64, ttft_s: f64) -> bool {
-        self.max_queue.is_none_or(|m| queue < m) && self.max_wait_ms.is_none_or(|m| ttft_s * 1000.0 < m)
-    }
-}
-
-/// Defaults: low traffic is shed first, normal later, high only by explicit configuration.
-pub const DEFAULT_LIMITS: [TierLimits; 3] = [
-    TierLimits { max_queue: None, max_wait_ms: None },
-    TierLimits { max_queue: Some(128), max_wait_ms: None },
-    TierLimits { max_queue: Some(32), max_wait_ms: None },
-];
-
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct TierStats {
-    pub admitted: u64,
-    pub shed: u64,
-    pub queued: u64,
-    pub queue_full: u64,
-}
 
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
@@ -355,8 +260,12 @@ impl Router {
         Ok(())
     }
 
-    fn reject(&mut self, reason: &'static str, tier: Tier, req: &Request, retry: f64, message: String) -> Decision {
-        *self.branches.entry(reason).or_default() += 1;
+    fn count(&mut self, outcome: Outcome) {
+        *self.branches.entry(outcome.as_str()).or_default() += 1;
+    }
+
+    fn reject(&mut self, reason: Reason, tier: Tier, req: &Request, retry: f64, message: String) -> Decision {
+        self.count(Outcome::Reason(reason));
         Decision::Rejected(Rejected { reason, tier, model: req.model.clone(), retry_after_s: retry, message })
     }
 
@@ -390,7 +299,7 @@ impl Router {
     ) -> Decision {
         // Filter.
         if self.order.is_empty() {
-            return self.reject("no_backend", tier, &req, 1.0, "no backends are configured".into());
+            return self.reject(Reason::NoBackend, tier, &req, 1.0, "no backends are configured".into());
         }
         let mut serving = 0usize;
         let mut cands = std::mem::take(&mut self.cands);
@@ -408,12 +317,12 @@ impl Router {
         if serving == 0 {
             self.cands = cands;
             let msg = format!("no backend serves model {:?}", req.model);
-            return self.reject("unknown_model", tier, &req, 0.0, msg);
+            return self.reject(Reason::UnknownModel, tier, &req, 0.0, msg);
         }
         if cands.is_empty() {
             self.cands = cands;
             let msg = format!("no healthy backend for model {:?}", req.model);
-            return self.reject("no_backend", tier, &req, 1.0, msg);
+            return self.reject(Reason::NoBackend, tier, &req, 1.0, msg);
         }
 
         // Features: cached prefix and predicted TTFT for every candidate.
@@ -501,7 +410,7 @@ impl Router {
             match spill {
                 Some(i) => {
                     pick = i;
-                    branch = "admission:spill";
+                    branch = Branch::AdmissionSpill;
                 }
                 None => {
                     let retry = cands.iter().map(|c| c.ttft).fold(f64::INFINITY, f64::min).clamp(0.5, 60.0);
@@ -514,7 +423,7 @@ impl Router {
         let c = cands[pick];
         self.cands = cands;
         self.tier_stats[tier as usize].admitted += 1;
-        *self.branches.entry(branch).or_default() += 1;
+        self.count(Outcome::Branch(branch));
         Decision::Routed(self.commit(req, c, branch))
     }
 
@@ -530,14 +439,14 @@ impl Router {
         if self.wait_queue_size == 0 {
             self.tier_stats[tier as usize].shed += 1;
             let msg = format!("{} priority traffic is over its limit on every backend", tier.name());
-            return self.reject("shed", tier, &req, retry, msg);
+            return self.reject(Reason::Shed, tier, &req, retry, msg);
         }
         let (id, seq) = match resumed {
             Some(r) => r,
             None => {
                 if self.waiters.len() >= self.wait_queue_size {
                     self.tier_stats[tier as usize].queue_full += 1;
-                    return self.reject("queue_full", tier, &req, retry, "the router's wait queue is full".into());
+                    return self.reject(Reason::QueueFull, tier, &req, retry, "the router's wait queue is full".into());
                 }
                 let id = self.next_id;
                 self.next_id += 1;
@@ -558,11 +467,11 @@ impl Router {
                 exclude: exclude.iter().map(|s| s.to_string()).collect(),
             },
         );
-        *self.branches.entry("queued").or_default() += 1;
+        self.count(Outcome::Queued);
         Decision::Queued(Queued { wait_id: id, tier, model, position })
     }
 
-    fn commit(&mut self, req: Request, c: Cand, branch: &'static str) -> Routed {
+    fn commit(&mut self, req: Request, c: Cand, branch: Branch) -> Routed {
         let ticket = self.next_id;
         self.next_id += 1;
         let uncached = req.prompt_tokens - c.cached_tokens;
@@ -602,19 +511,19 @@ impl Router {
     }
 
     /// Index of the chosen candidate and the branch that chose it.
-    fn pick(&mut self, req: &Request, cands: &[Cand], session_key: Option<&str>, best_cached: u64) -> (usize, &'static str) {
+    fn pick(&mut self, req: &Request, cands: &[Cand], session_key: Option<&str>, best_cached: u64) -> (usize, Branch) {
         let n = cands.len();
         match self.policy.kind {
             PolicyKind::RoundRobin => {
                 let i = (self.rr_next % n as u64) as usize;
                 self.rr_next = self.rr_next.wrapping_add(1);
-                (i, "round_robin")
+                (i, Branch::RoundRobin)
             }
-            PolicyKind::Random => (self.rng.below(n), "random"),
-            PolicyKind::LeastInflight => (self.argmin_tie(cands, |b, _| b.in_flight as f64, 0.0), "least_inflight"),
+            PolicyKind::Random => (self.rng.below(n), Branch::Random),
+            PolicyKind::LeastInflight => (self.argmin_tie(cands, |b, _| b.in_flight as f64, 0.0), Branch::LeastInflight),
             PolicyKind::PowerOfTwo => {
                 if n == 1 {
-                    return (0, "power_of_two");
+                    return (0, Branch::PowerOfTwo);
                 }
                 let i = self.rng.below(n);
                 let mut j = self.rng.below(n - 1);
@@ -622,20 +531,20 @@ impl Router {
                     j += 1;
                 }
                 let (bi, bj) = (self.backend(cands[i].slot).in_flight, self.backend(cands[j].slot).in_flight);
-                (if bj < bi { j } else { i }, "power_of_two")
+                (if bj < bi { j } else { i }, Branch::PowerOfTwo)
             }
-            PolicyKind::LeastLoad => (self.least_load(cands), "least_load"),
+            PolicyKind::LeastLoad => (self.least_load(cands), Branch::LeastLoad),
             PolicyKind::PrefixHash => {
                 let i = self.rendezvous(req.system_hash, cands);
                 let b = self.backend(cands[i].slot);
                 if (b.queue_depth() as f64) < self.policy.weights.queue_threshold {
-                    (i, "prefix_hash:affinity")
+                    (i, Branch::PrefixHashAffinity)
                 } else {
-                    (self.least_load(cands), "prefix_hash:overflow")
+                    (self.least_load(cands), Branch::PrefixHashOverflow)
                 }
             }
             PolicyKind::Session => match session_key {
-                None => (self.argmin_tie(cands, |b, _| b.in_flight as f64, 0.0), "session:no_key"),
+                None => (self.argmin_tie(cands, |b, _| b.in_flight as f64, 0.0), Branch::SessionNoKey),
                 Some(k) => {
                     let key = xxh3_64(k.as_bytes());
                     let total: u64 = cands.iter().map(|c| self.backend(c.slot).in_flight).sum::<u64>() + 1;
@@ -645,20 +554,20 @@ impl Router {
                     ranked.sort_unstable_by(|a, b| b.cmp(a));
                     for (rank, &(_, i)) in ranked.iter().enumerate() {
                         if self.backend(cands[i].slot).in_flight < cap {
-                            return (i, if rank == 0 { "session:sticky" } else { "session:spill" });
+                            return (i, if rank == 0 { Branch::SessionSticky } else { Branch::SessionSpill });
                         }
                     }
-                    (ranked[0].1, "session:sticky")
+                    (ranked[0].1, Branch::SessionSticky)
                 }
             },
             PolicyKind::Cost => {
                 let i = self.cost_pick(cands);
                 let branch = if best_cached == 0 {
-                    "cost:cold"
+                    Branch::CostCold
                 } else if cands[i].cached_tokens == best_cached {
-                    "cost:cache_affinity"
+                    Branch::CostCacheAffinity
                 } else {
-                    "cost:load_spread"
+                    Branch::CostLoadSpread
                 };
                 (i, branch)
             }

@@ -3,7 +3,9 @@
 use crate::backend::BackendUpdate;
 use crate::error::CoreError;
 use crate::request::{parse, Endpoint, HashConfig, Request};
-use crate::router::{Decision, Routed, Router, RouterConfig, Tier};
+use crate::admission::Tier;
+use crate::outcome::{Decision, Routed};
+use crate::router::{Router, RouterConfig};
 use crate::snapshot::Snap;
 
 fn router(policy: &str, n: usize) -> Router {
@@ -75,7 +77,7 @@ fn least_inflight_and_power_of_two_avoid_the_busy_backend() {
         for _ in 0..5 {
             let d = route(&mut r, "s", "u");
             assert_ne!(d.backend_id, first.backend_id, "{policy}");
-            assert_eq!(d.branch, policy);
+            assert_eq!(d.branch.as_str(), policy);
             r.release(d.ticket, true, 0, 0, 0, 0.0).unwrap();
         }
     }
@@ -101,7 +103,7 @@ fn least_load_weighs_queue_and_latency() {
 fn prefix_hash_sticks_to_the_system_prompt_then_overflows() {
     let mut r = router("prefix_hash", 4);
     let first = route(&mut r, "system A", "q1");
-    assert_eq!(first.branch, "prefix_hash:affinity");
+    assert_eq!(first.branch.as_str(), "prefix_hash:affinity");
     for i in 0..5 {
         let d = route(&mut r, "system A", &format!("q{i}"));
         assert_eq!(d.backend_id, first.backend_id);
@@ -112,7 +114,7 @@ fn prefix_hash_sticks_to_the_system_prompt_then_overflows() {
     assert!(others.len() >= 3, "system prompts should spread: {others:?}");
     r.upsert_backend(&first.backend_id, &upd(|u| u.waiting = Some(50))).unwrap();
     let d = route(&mut r, "system A", "q");
-    assert_eq!(d.branch, "prefix_hash:overflow");
+    assert_eq!(d.branch.as_str(), "prefix_hash:overflow");
     assert_ne!(d.backend_id, first.backend_id);
 }
 
@@ -121,7 +123,7 @@ fn session_is_sticky_with_bounded_load() {
     let mut r = router("session", 4);
     let q = || parse(&body("s", "u"), Endpoint::Chat, &HashConfig::default()).unwrap();
     let first = routed(r.route(q(), Tier::Normal, Some("user-1"), &[]));
-    assert_eq!(first.branch, "session:sticky");
+    assert_eq!(first.branch.as_str(), "session:sticky");
     r.release(first.ticket, true, 0, 0, 0, 0.0).unwrap();
     for _ in 0..3 {
         let d = routed(r.route(q(), Tier::Normal, Some("user-1"), &[]));
@@ -130,10 +132,10 @@ fn session_is_sticky_with_bounded_load() {
     }
     // Hold many tickets for one session: bounded load pushes the excess elsewhere.
     let held: Vec<Routed> = (0..12).map(|_| routed(r.route(q(), Tier::Normal, Some("user-1"), &[]))).collect();
-    assert!(held.iter().any(|d| d.branch == "session:spill"));
+    assert!(held.iter().any(|d| d.branch.as_str() == "session:spill"));
     let max = (0..4).map(|i| r.in_flight(&format!("b{i}")).unwrap()).max().unwrap();
     assert!(max <= 4, "load factor 1.25 over 4 backends bounds each at ceil(1.25*13/4)");
-    assert_eq!(routed(r.route(q(), Tier::Normal, None, &[])).branch, "session:no_key");
+    assert_eq!(routed(r.route(q(), Tier::Normal, None, &[])).branch.as_str(), "session:no_key");
 }
 
 #[test]
@@ -141,11 +143,11 @@ fn cost_prefers_the_cache_until_queueing_costs_more() {
     let mut r = router("cost", 4);
     let sys = long_system();
     let warm = route(&mut r, &sys, "first question");
-    assert_eq!(warm.branch, "cost:cold");
+    assert_eq!(warm.branch.as_str(), "cost:cold");
     r.release(warm.ticket, true, 0, 0, 0, 0.0).unwrap();
     let hit = route(&mut r, &sys, "second question");
     assert_eq!(hit.backend_id, warm.backend_id);
-    assert_eq!(hit.branch, "cost:cache_affinity");
+    assert_eq!(hit.branch.as_str(), "cost:cache_affinity");
     assert!(hit.cached_tokens >= 1900, "{}", hit.cached_tokens);
     r.release(hit.ticket, true, 0, 0, 0, 0.0).unwrap();
     // The cached backend's engine reports a long queue: recomputing elsewhere is faster.
@@ -159,7 +161,7 @@ fn cost_prefers_the_cache_until_queueing_costs_more() {
     .unwrap();
     let spread = route(&mut r, &sys, "third question");
     assert_ne!(spread.backend_id, warm.backend_id);
-    assert_eq!(spread.branch, "cost:load_spread");
+    assert_eq!(spread.branch.as_str(), "cost:load_spread");
     let Snap::Map(_) = r.snapshot() else { panic!() };
     let snap = r.snapshot();
     let branches = snap.get("branches").unwrap();
@@ -249,7 +251,7 @@ fn exclude_skips_backends() {
         assert_eq!(d.backend_id, "b1");
     }
     let all = r.route(req(&r, "s", "u"), Tier::Normal, None, &["b0", "b1"]);
-    assert!(matches!(all, Decision::Rejected(ref x) if x.reason == "no_backend"));
+    assert!(matches!(all, Decision::Rejected(ref x) if x.reason.as_str() == "no_backend"));
 }
 
 #[test]
@@ -273,7 +275,7 @@ fn shedding_goes_lowest_tier_first_and_spills_before_shedding() {
     assert!(low.unwrap() < normal.unwrap() && normal.unwrap() < high.unwrap());
     for (_, d) in &outcomes {
         if let Decision::Rejected(x) = d {
-            assert_eq!(x.reason, "shed");
+            assert_eq!(x.reason.as_str(), "shed");
             assert!(x.retry_after_s >= 0.5);
         }
     }
@@ -282,7 +284,7 @@ fn shedding_goes_lowest_tier_first_and_spills_before_shedding() {
     r.set_admission(Tier::Low, Some(2), None).unwrap();
     r.upsert_backend("b0", &upd(|u| u.waiting = Some(5))).unwrap();
     let d = routed(r.route(req(&r, "s", "u"), Tier::Low, None, &[]));
-    assert_eq!((d.backend_id.as_str(), d.branch), ("b1", "admission:spill"));
+    assert_eq!((d.backend_id.as_str(), d.branch.as_str()), ("b1", "admission:spill"));
 }
 
 #[test]
@@ -303,7 +305,7 @@ fn wait_queue_orders_by_priority_then_age() {
     let normal = q(&mut r, Tier::Normal);
     assert_eq!((low.position, high.position, normal.position), (0, 0, 1));
     assert!(
-        matches!(r.route(req(&r, "s", "u"), Tier::High, None, &[]), Decision::Rejected(ref x) if x.reason == "queue_full")
+        matches!(r.route(req(&r, "s", "u"), Tier::High, None, &[]), Decision::Rejected(ref x) if x.reason.as_str() == "queue_full")
     );
     // Resuming out of turn keeps the waiter in place.
     assert!(matches!(r.resume(low.wait_id).unwrap(), Decision::Queued(_)));
@@ -333,7 +335,7 @@ fn cost_near_ties_prefer_the_cached_backend() {
         let next = route(&mut r, sys, &"another question ".repeat(60));
         assert!(next.cached_tokens > 0);
         assert_eq!(next.backend_id, first.backend_id, "seed {seed}");
-        assert_eq!(next.branch, "cost:cache_affinity");
+        assert_eq!(next.branch.as_str(), "cost:cache_affinity");
     }
 }
 
@@ -362,22 +364,22 @@ fn cost_counts_the_delay_a_recompute_imposes_on_waiting_requests() {
     let greedy = [("externality_weight", 0.0), ("recompute_weight", 0.0)];
     // Greedy on this request's TTFT alone: recompute the long prefix on the less busy backend.
     let r = spread_case(&greedy, 6);
-    assert_eq!((r.backend_id.as_str(), r.branch), ("b1", "cost:load_spread"));
+    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b1", "cost:load_spread"));
     // Counting the prefill's delay to the request already waiting there: stay with the cache.
     let r = spread_case(&[("recompute_weight", 0.0)], 6);
-    assert_eq!((r.backend_id.as_str(), r.branch), ("b0", "cost:cache_affinity"));
+    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b0", "cost:cache_affinity"));
 }
 
 #[test]
 fn cost_charges_the_fleet_for_recomputing_a_prefix_held_elsewhere() {
     // The recompute term alone keeps the request with its cache against a modest queue...
     let r = spread_case(&[("externality_weight", 0.0)], 6);
-    assert_eq!((r.backend_id.as_str(), r.branch), ("b0", "cost:cache_affinity"));
+    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b0", "cost:cache_affinity"));
     let r = spread_case(&[], 6);
-    assert_eq!((r.backend_id.as_str(), r.branch), ("b0", "cost:cache_affinity"));
+    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b0", "cost:cache_affinity"));
     // ...but not against a long one: with defaults, 40 requests queued there still send it away.
     let r = spread_case(&[], 40);
-    assert_eq!((r.backend_id.as_str(), r.branch), ("b1", "cost:load_spread"));
+    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b1", "cost:load_spread"));
 }
 
 fn predicted_empty_ttft(r: &Router, id: &str) -> f64 {
@@ -417,13 +419,13 @@ fn cost_sends_a_new_prompt_where_the_least_is_held_unless_it_queues_there() {
         r.release(held.ticket, true, 0, 0, 0, 0.0).unwrap();
         // Both idle: the one holding nothing takes the new prompt (no coin toss).
         let d = route(&mut r, "a new system prompt", "u");
-        assert_eq!((d.backend_id.as_str(), d.branch), ("b1", "cost:cold"), "seed {seed}");
+        assert_eq!((d.backend_id.as_str(), d.branch.as_str()), ("b1", "cost:cold"), "seed {seed}");
         // A queue of 20 prompts of ~500 tokens there outweighs the content b0 holds.
         let cold = "a different prompt of about five hundred tokens ".repeat(40);
         for k in 0..20 {
             routed(r.route(req(&r, &format!("{k} {cold}"), "u"), Tier::Normal, None, &["b0"]));
         }
         let d = route(&mut r, "yet another system prompt", "u");
-        assert_eq!((d.backend_id.as_str(), d.branch), ("b0", "cost:cold"), "seed {seed}");
+        assert_eq!((d.backend_id.as_str(), d.branch.as_str()), ("b0", "cost:cold"), "seed {seed}");
     }
 }

@@ -97,7 +97,7 @@ fn decision(py: Python<'_>, d: core::Decision) -> PyResult<Py<PyAny>> {
             Routed {
                 ticket: r.ticket,
                 backend_id: r.backend_id,
-                branch: r.branch,
+                branch: r.branch.as_str(),
                 model: r.model,
                 stream: r.stream,
                 max_tokens: r.max_tokens,
@@ -110,7 +110,7 @@ fn decision(py: Python<'_>, d: core::Decision) -> PyResult<Py<PyAny>> {
         core::Decision::Rejected(r) => Py::new(
             py,
             Rejected {
-                reason: r.reason,
+                reason: r.reason.as_str(),
                 tier: r.tier.name(),
                 model: r.model,
                 retry_after_s: r.retry_after_s,
@@ -345,5 +345,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .call_method1("__or__", (py.get_type::<Rejected>(),))?
         .call_method1("__or__", (py.get_type::<Queued>(),))?;
     m.add("Decision", decision)?;
+    // The exhaustive name lists, for dashboards and docs (docs/routing.md lists the same).
+    let names = |all: &mut dyn Iterator<Item = &'static str>| PyTuple::new(py, all.collect::<Vec<_>>());
+    m.add("BRANCHES", names(&mut core::Branch::ALL.iter().map(|b| b.as_str()))?)?;
+    m.add("REASONS", names(&mut core::Reason::ALL.iter().map(|r| r.as_str()))?)?;
     Ok(())
 }
