@@ -6,7 +6,9 @@ public API so callers write `from kvroute import Router, Routed, KvrouteError`.
 
 from kvroute._native import (
     BRANCHES,
+    POLICIES,
     REASONS,
+    SCORERS,
     InvalidConfig,
     KvrouteError,
     MalformedRequest,
@@ -16,12 +18,15 @@ from kvroute._native import (
     Router,
     UnknownBackend,
     UnknownTicket,
+    UnknownWait,
     __version__,
 )
 
 __all__ = [
     "BRANCHES",
+    "POLICIES",
     "REASONS",
+    "SCORERS",
     "InvalidConfig",
     "KvrouteError",
     "MalformedRequest",
@@ -31,5 +36,6 @@ __all__ = [
     "Router",
     "UnknownBackend",
     "UnknownTicket",
+    "UnknownWait",
     "__version__",
 ]

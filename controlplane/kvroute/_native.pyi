@@ -7,6 +7,7 @@ __all__ = [
     "MalformedRequest",
     "InvalidConfig",
     "UnknownTicket",
+    "UnknownWait",
     "UnknownBackend",
     "Router",
     "Routed",
@@ -17,12 +18,17 @@ __all__ = [
     "Decision",
     "BRANCHES",
     "REASONS",
+    "POLICIES",
+    "SCORERS",
 ]
 
 __version__: Final[str]
 # Every `Routed.branch` and every `Rejected.reason` the core can return (docs/routing.md lists them).
 BRANCHES: Final[tuple[str, ...]]
 REASONS: Final[tuple[str, ...]]
+# Every policy name `Router(policy)` and `set_policy` accept, and every scorer a decision can report.
+POLICIES: Final[tuple[str, ...]]
+SCORERS: Final[tuple[str, ...]]
 
 class KvrouteError(Exception): ...
 class MalformedRequest(KvrouteError):
@@ -30,6 +36,7 @@ class MalformedRequest(KvrouteError):
     param: str | None
 class InvalidConfig(KvrouteError): ...
 class UnknownTicket(KvrouteError): ...
+class UnknownWait(KvrouteError): ...
 class UnknownBackend(KvrouteError): ...
 
 Endpoint = Literal["chat", "completions", "embeddings", "responses"]

@@ -8,7 +8,7 @@ call sequences and compare. It is also the baseline of the micro benchmarks.
 Where the core is clever (a global block map with per-backend LRU slabs, O(1) match steps), this
 is plain: one OrderedDict per backend and a membership walk per backend. Where the core streams
 bytes, this builds the whole canonical stream. The arithmetic of the cost model is written in the
-same order as in rust/core/src/router.rs so floating point agrees exactly.
+same order as in rust/core/src/scorer.rs and router/pick.rs so floating point agrees exactly.
 
 Needs the `xxhash` package (dev extra) for xxh3, the core's block hash.
 """
@@ -23,7 +23,16 @@ from typing import Any, Sequence
 
 import xxhash
 
-from kvroute._native import InvalidConfig, MalformedRequest, Queued, Rejected, Routed, UnknownBackend, UnknownTicket
+from kvroute._native import (
+    InvalidConfig,
+    MalformedRequest,
+    Queued,
+    Rejected,
+    Routed,
+    UnknownBackend,
+    UnknownTicket,
+    UnknownWait,
+)
 
 __all__ = ["Router", "RefRouted", "RefRejected", "RefQueued", "parse", "ParsedRequest"]
 
@@ -69,7 +78,28 @@ POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
     "prefix_hash": {"queue_threshold": (8.0, 0.0, 1e9)},
     "session": {"load_factor": (1.25, 1.0, 100.0)},
     "cost": COST_WEIGHTS,
+    # the weight of each scorer in the sum of normalised scores, in the order it is summed
+    "weighted": {
+        "prefix": (1.0, 0.0, 100.0),
+        "least_load": (1.5, 0.0, 100.0),
+        "least_inflight": (0.0, 0.0, 100.0),
+        "cost": (0.0, 0.0, 100.0),
+    },
 }
+WEIGHTED_SCORERS = tuple(POLICY_WEIGHTS["weighted"])
+# the scorers each policy's picker reads (ttft, read by admission, is computed under every policy)
+POLICY_SCORERS: dict[str, tuple[str, ...]] = {
+    "round_robin": (),
+    "random": (),
+    "least_inflight": ("least_inflight",),
+    "power_of_two": ("least_inflight",),
+    "session": ("least_inflight",),
+    "least_load": ("least_load",),
+    "prefix_hash": ("least_load",),
+    "cost": ("cost",),
+    "weighted": WEIGHTED_SCORERS,
+}
+SCORER_ORDER = ("ttft", "cost", "prefix", "least_load", "least_inflight")  # kvroute.SCORERS
 ALL_DEFAULTS = {k: v[0] for spec in POLICY_WEIGHTS.values() for k, v in spec.items()}
 
 
@@ -402,7 +432,7 @@ class _Cand:
     cached_tokens: int
     queue: int
     ttft: float = 0.0
-    score: float = 0.0
+    raw: dict[str, float] = field(default_factory=dict)  # scorer name -> value, as the core computes them
 
 
 class Router:
@@ -434,6 +464,7 @@ class Router:
         self.wait_queue_size = wait_queue_size
         self.waiters: dict[int, Waiter] = {}
         self.branches: dict[str, int] = {}
+        self.last: dict[str, Any] | None = None
 
     # -- configuration
 
@@ -445,6 +476,8 @@ class Router:
         for k, v in weights.items():
             if k not in spec:
                 raise InvalidConfig(f"policy {name!r} has no weight {k!r}")
+            if isinstance(v, str) or not isinstance(v, (int, float)):
+                raise InvalidConfig(f"weight {k!r} must be a number, got {v!r}")
             _, lo, hi = spec[k]
             if not (math.isfinite(v) and lo <= v <= hi):
                 raise InvalidConfig(f"weight {k!r} = {v} is outside {lo}..={hi}")
@@ -500,6 +533,7 @@ class Router:
     def remove_backend(self, backend_id: str) -> None:
         self._backend(backend_id)
         del self.backends[backend_id]
+        self.last = None  # as the core: the last decision's candidates may name it
 
     def backend_ids(self) -> list[str]:
         return list(self.backends)
@@ -529,15 +563,28 @@ class Router:
     def resume(self, wait_id: int) -> RefRouted | RefRejected | RefQueued:
         w = self.waiters.pop(wait_id, None)
         if w is None:
-            raise UnknownTicket(f"unknown ticket {wait_id}")
+            raise UnknownWait(f"unknown wait id {wait_id}")
         return self._decide(w.req, w.key[0], w.session_key, w.exclude, (wait_id, w.key[1]))
 
     def cancel_wait(self, wait_id: int) -> None:
         if self.waiters.pop(wait_id, None) is None:
-            raise UnknownTicket(f"unknown ticket {wait_id}")
+            raise UnknownWait(f"unknown wait id {wait_id}")
 
-    def _reject(self, reason: str, tier: int, req: ParsedRequest, retry: float, message: str) -> RefRejected:
-        self.branches[reason] = self.branches.get(reason, 0) + 1
+    def _count(self, outcome: str, cands: list[_Cand], chosen: int | None) -> None:
+        self.branches[outcome] = self.branches.get(outcome, 0) + 1
+        self.last = {
+            "outcome": outcome,
+            "policy": self.policy_name,
+            "candidates": [
+                {"backend": c.b.id, "chosen": i == chosen, "cached_tokens": c.cached_tokens, "queue_depth": c.queue,
+                 "scores": {k: c.raw[k] for k in SCORER_ORDER if k in c.raw}}
+                for i, c in enumerate(cands)
+            ],
+        }  # fmt: skip
+
+    def _reject(self, reason: str, tier: int, req: ParsedRequest, retry: float, message: str,
+                cands: list[_Cand] | None = None) -> RefRejected:
+        self._count(reason, cands or [], None)
         return RefRejected(reason, TIERS[tier], req.model, retry, message)
 
     def predict(self, b: Backend, uncached: int) -> float:
@@ -567,6 +614,7 @@ class Router:
         exclude: list[str],
         resumed: tuple[int, int] | None,
     ) -> RefRouted | RefRejected | RefQueued:
+        # filter
         if not self.backends:
             return self._reject("no_backend", tier, req, 1.0, "no backends are configured")
         serving = [b for b in self.backends.values() if b.serves(req.model)]
@@ -575,30 +623,50 @@ class Router:
             return self._reject("unknown_model", tier, req, 0.0, f"no backend serves model {req.model!r}")
         if not cands:
             return self._reject("no_backend", tier, req, 1.0, f"no healthy backend for model {req.model!r}")
+        # score, pick, admit
+        best_cached = self._score(req, cands)
+        pick, branch = self._pick(req, cands, session_key, best_cached)
+        return self._admit(req, tier, cands, pick, branch, session_key, exclude, resumed)
+
+    def _weighs(self, scorer: str) -> bool:
+        if scorer not in POLICY_SCORERS[self.policy_name]:
+            return False
+        return self.policy_name != "weighted" or self.w[scorer] > 0.0
+
+    def _score(self, req: ParsedRequest, cands: list[_Cand]) -> int:
         for c in cands:
             n = c.b.matched_blocks(req.blocks)
             c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
         best_cached = max(c.cached_tokens for c in cands)
-        scored = self.policy_name == "cost"  # only cost reads the score; admission reads every TTFT
-        least_held = min(len(c.b.index) for c in cands) if scored and best_cached == 0 else 0
+        cost = self._weighs("cost")
+        least_held = min(len(c.b.index) for c in cands) if cost and best_cached == 0 else 0
         for c in cands:
             uncached = req.prompt_tokens - c.cached_tokens
-            c.ttft = self.predict(c.b, uncached)
-            if not scored:
-                continue
-            rate = c.b.prefill_rate
-            externality = self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / rate)
-            if best_cached > 0:
-                placement = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
-            else:  # a prompt nobody holds goes where the least is held
-                excess = (len(c.b.index) - least_held) * self.block_tokens
-                placement = self.w["content_weight"] * (float(excess) / rate)
-            c.score = c.ttft + externality + placement
+            c.ttft = c.raw["ttft"] = self.predict(c.b, uncached)
+            if cost:
+                rate = c.b.prefill_rate
+                externality = self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / rate)
+                if best_cached > 0:
+                    placement = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
+                else:  # a prompt nobody holds goes where the least is held
+                    excess = (len(c.b.index) - least_held) * self.block_tokens
+                    placement = self.w["content_weight"] * (float(excess) / rate)
+                c.raw["cost"] = c.ttft + externality + placement
+            if self._weighs("prefix"):
+                c.raw["prefix"] = float(c.cached_tokens) / float(req.prompt_tokens) if req.prompt_tokens else 0.0
+            if self._weighs("least_load"):
+                c.raw["least_load"] = float(c.b.waiting + c.b.in_flight + 1) * c.b.latency_ewma
+            if self._weighs("least_inflight"):
+                c.raw["least_inflight"] = float(c.b.in_flight)
+        return best_cached
+
+    def _admit(self, req: ParsedRequest, tier: int, cands: list[_Cand], pick: int, branch: str,
+               session_key: str | None, exclude: list[str], resumed: tuple[int, int] | None,
+               ) -> RefRouted | RefRejected | RefQueued:  # fmt: skip
         queue_ahead = self.wait_queue_size > 0 and any(
             w.key[0] <= tier and (resumed is None or w.key < (tier, resumed[1])) and w.req.model == req.model
             for w in self.waiters.values()
         )
-        pick, branch = self._pick(req, cands, session_key, best_cached)
         if not self._room(tier, cands[pick].queue, cands[pick].ttft) or queue_ahead:
             spill = None
             if not queue_ahead:
@@ -608,10 +676,10 @@ class Router:
             if spill is None:
                 retry = min(max(min(c.ttft for c in cands), 0.5), 60.0)
                 retry = math.ceil(retry * 10.0) / 10.0
-                return self._hold_or_shed(req, tier, session_key, exclude, resumed, retry)
+                return self._hold_or_shed(req, tier, session_key, exclude, resumed, retry, cands)
             pick, branch = spill, "admission:spill"
         self.tier_stats[TIERS[tier]]["admitted"] += 1
-        self.branches[branch] = self.branches.get(branch, 0) + 1
+        self._count(branch, cands, pick)
         return self._commit(req, cands[pick], branch)
 
     def _hold_or_shed(
@@ -622,25 +690,26 @@ class Router:
         exclude: list[str],
         resumed: tuple[int, int] | None,
         retry: float,
+        cands: list[_Cand],
     ) -> RefRejected | RefQueued:
         stats = self.tier_stats[TIERS[tier]]
         if self.wait_queue_size == 0:
             stats["shed"] += 1
             msg = f"{TIERS[tier]} priority traffic is over its limit on every backend"
-            return self._reject("shed", tier, req, retry, msg)
+            return self._reject("shed", tier, req, retry, msg, cands)
         if resumed is not None:
             wid, seq = resumed
         else:
             if len(self.waiters) >= self.wait_queue_size:
                 stats["queue_full"] += 1
-                return self._reject("queue_full", tier, req, retry, "the router's wait queue is full")
+                return self._reject("queue_full", tier, req, retry, "the router's wait queue is full", cands)
             wid = seq = self.next_id
             self.next_id += 1
             stats["queued"] += 1
         key = (tier, seq)
         position = sum(1 for w in self.waiters.values() if w.key < key)
         self.waiters[wid] = Waiter(key, req, session_key, list(exclude))
-        self.branches["queued"] = self.branches.get("queued", 0) + 1
+        self._count("queued", cands, None)
         return RefQueued(wid, TIERS[tier], req.model, position)
 
     def _commit(self, req: ParsedRequest, c: _Cand, branch: str) -> RefRouted:
@@ -663,8 +732,26 @@ class Router:
         ties = [i for i, s in enumerate(scores) if s <= limit]
         return ties[0] if len(ties) == 1 else ties[self.rng.below(len(ties))]
 
-    def _least_load(self, cands: list[_Cand]) -> int:
-        return self._argmin_tie([float(c.b.waiting + c.b.in_flight + 1) * c.b.latency_ewma for c in cands], 0.0)
+    def _lowest(self, cands: list[_Cand], scorer: str) -> int:
+        return self._argmin_tie([c.raw[scorer] for c in cands], 0.0)
+
+    def _weighted(self, cands: list[_Cand]) -> int:
+        terms = []
+        for s in WEIGHTED_SCORERS:
+            if self.w[s] > 0.0:
+                worst = 0.0
+                for c in cands:
+                    worst = max(worst, c.raw[s])
+                terms.append((s, self.w[s], worst))
+        totals = []
+        for c in cands:
+            total = 0.0
+            for s, w, worst in terms:
+                v = c.raw[s]
+                norm = 1.0 - v if s == "prefix" else (v / worst if worst > 0.0 else 0.0)
+                total += w * norm
+            totals.append(total)
+        return self._argmin_tie(totals, 0.0)
 
     def _pick(self, req: ParsedRequest, cands: list[_Cand], session_key: str | None,
               best_cached: int) -> tuple[int, str]:
@@ -676,7 +763,7 @@ class Router:
         if name == "random":
             return self.rng.below(n), "random"
         if name == "least_inflight":
-            return self._argmin_tie([float(c.b.in_flight) for c in cands], 0.0), "least_inflight"
+            return self._lowest(cands, "least_inflight"), "least_inflight"
         if name == "power_of_two":
             if n == 1:
                 return 0, "power_of_two"
@@ -686,16 +773,16 @@ class Router:
                 j += 1
             return (j if cands[j].b.in_flight < cands[i].b.in_flight else i), "power_of_two"
         if name == "least_load":
-            return self._least_load(cands), "least_load"
+            return self._lowest(cands, "least_load"), "least_load"
         if name == "prefix_hash":
             scores = [mix64(req.system_hash ^ c.b.id_hash) for c in cands]
             i = max(range(n), key=lambda k: (scores[k], -k))  # first of the highest
             if float(cands[i].b.queue_depth()) < self.w["queue_threshold"]:
                 return i, "prefix_hash:affinity"
-            return self._least_load(cands), "prefix_hash:overflow"
+            return self._lowest(cands, "least_load"), "prefix_hash:overflow"
         if name == "session":
             if session_key is None:
-                return self._argmin_tie([float(c.b.in_flight) for c in cands], 0.0), "session:no_key"
+                return self._lowest(cands, "least_inflight"), "session:no_key"
             key = xxh3(session_key.encode())
             total = sum(c.b.in_flight for c in cands) + 1
             cap = math.ceil(self.w["load_factor"] * float(total) / float(n))
@@ -704,10 +791,12 @@ class Router:
                 if cands[i].b.in_flight + 1 <= cap:
                     return i, "session:sticky" if rank == 0 else "session:spill"
             return ranked[0][1], "session:sticky"
+        if name == "weighted":
+            return self._weighted(cands), "weighted"
         # cost: minimum score (TTFT + externality + recompute or content); near-ties: most cached prefix, then random
-        lo = min(c.score for c in cands)
+        lo = min(c.raw["cost"] for c in cands)
         limit = lo + abs(lo) * self.w["tie_tolerance"]
-        near = [k for k, c in enumerate(cands) if c.score <= limit]
+        near = [k for k, c in enumerate(cands) if c.raw["cost"] <= limit]
         most = max(cands[k].cached_tokens for k in near)
         ties = [k for k in near if cands[k].cached_tokens == most]
         i = ties[0] if len(ties) == 1 else ties[self.rng.below(len(ties))]
@@ -792,6 +881,7 @@ class Router:
         """The subset of the native snapshot the reference models: branch counts and tier stats."""
         return {
             "branches": dict(sorted(self.branches.items())),
+            "last_decision": self.last,
             "tiers": {t: dict(s) for t, s in self.tier_stats.items()},
             "in_flight": len(self.tickets),
             "backends": [

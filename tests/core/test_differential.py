@@ -166,6 +166,8 @@ def run_both(seed: int, wait_queue_size: int, program: list[tuple[Any, ...]]) ->
                 res = call(r, "resume" if op[2] else "cancel_wait", w)
             both.append(normalise(res))
         assert both[0] == both[1], f"step {step}: {op}"
+        # Every scorer's raw value for every candidate, bit for bit.
+        assert native.snapshot()["last_decision"] == ref.snapshot()["last_decision"], f"step {step}: {op}"
         res = both[0]
         if res[0] == "ok" and isinstance(res[1], tuple):
             if res[1][0] == "routed":

@@ -11,6 +11,8 @@ pub enum CoreError {
     },
     InvalidConfig(String),
     UnknownTicket(u64),
+    /// A wait id that is not (or no longer) in the wait queue.
+    UnknownWait(u64),
     UnknownBackend(String),
 }
 
@@ -29,6 +31,7 @@ impl fmt::Display for CoreError {
             CoreError::MalformedRequest { message, .. } => f.write_str(message),
             CoreError::InvalidConfig(m) => f.write_str(m),
             CoreError::UnknownTicket(t) => write!(f, "unknown ticket {t} (already released or never issued)"),
+            CoreError::UnknownWait(w) => write!(f, "unknown wait id {w} (already resumed, cancelled or never issued)"),
             CoreError::UnknownBackend(b) => write!(f, "unknown backend {b:?}"),
         }
     }

@@ -2,7 +2,7 @@
 //! (ticket ids): one multiply spreads both over hashbrown's top and bottom bits, where SipHash
 //! would cost ~20 ns per lookup on the hot path for no benefit (keys are not attacker-chosen
 //! in a way that matters: block hashes are seeded xxh3 of content, tickets are ours).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 #[derive(Default, Clone, Copy)]
@@ -24,5 +24,3 @@ impl Hasher for U64Hasher {
 }
 
 pub type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
-#[allow(dead_code)]
-pub type U64Set = HashSet<u64, BuildHasherDefault<U64Hasher>>;

@@ -2,7 +2,8 @@
 //!
 //! - `request`: reads an OpenAI request body once (model, stream, max_tokens, prompt blocks);
 //! - `index`: which prompt prefixes each backend holds;
-//! - `router`: backends, tickets, policies, admission and the wait queue;
+//! - `router`: backends, tickets, the decision (filter → score → pick → admit), the wait queue;
+//! - `scorer`: the named per-candidate scores policies are built from;
 //! - `outcome`: the decision values and the branch and reason names they carry;
 //! - `admission`: priority tiers and their limits;
 //! - `policy`: policy names and weights; `snapshot`: the plain value tree for introspection.
@@ -18,14 +19,16 @@ pub mod rng;
 pub mod router;
 #[cfg(test)]
 mod router_tests;
+pub mod scorer;
 pub mod snapshot;
 
+pub use admission::Tier;
 pub use backend::BackendUpdate;
 pub use error::{CoreError, Result};
-pub use request::{parse, Endpoint, HashConfig, Request};
-pub use admission::Tier;
 pub use outcome::{Branch, Decision, Outcome, Queued, Reason, Rejected, Routed};
+pub use request::{parse, Endpoint, HashConfig, Request};
 pub use router::{Router, RouterConfig};
+pub use scorer::Scorer;
 pub use snapshot::Snap;
 
 pub fn version() -> &'static str {

@@ -24,6 +24,7 @@ macro_rules! named_enum {
         }
     };
 }
+pub(crate) use named_enum;
 
 named_enum! {
     /// Why a routed request went where it went (the metric label and the `x-kvroute-branch` header).
@@ -41,6 +42,8 @@ named_enum! {
         CostCold => "cost:cold",
         CostCacheAffinity => "cost:cache_affinity",
         CostLoadSpread => "cost:load_spread",
+        /// The lowest weighted sum of normalised scorer values.
+        Weighted => "weighted",
         /// The policy's pick had no room for the tier; another backend had.
         AdmissionSpill => "admission:spill",
     }

@@ -1,205 +1,215 @@
-//! Policy names and their tunable weights. The selection logic lives in `router.rs`, next to the
-//! state it reads; this module only validates configuration.
-use crate::error::{CoreError, Result};
+//! Policies: which scorers a policy reads, which picker turns their values into a choice, and the
+//! parameters of each, validated here. The scorers live in `scorer.rs`, the pickers in
+//! `router/pick.rs`.
+use std::ops::{Index, IndexMut};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PolicyKind {
-    RoundRobin,
-    Random,
-    LeastInflight,
-    PowerOfTwo,
-    LeastLoad,
-    PrefixHash,
-    Session,
-    Cost,
+use crate::error::{CoreError, Result};
+use crate::outcome::named_enum;
+use crate::scorer::Scorer;
+
+named_enum! {
+    PolicyKind {
+        RoundRobin => "round_robin",
+        Random => "random",
+        LeastInflight => "least_inflight",
+        PowerOfTwo => "power_of_two",
+        LeastLoad => "least_load",
+        PrefixHash => "prefix_hash",
+        Session => "session",
+        Cost => "cost",
+        Weighted => "weighted",
+    }
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 8] = [
-        PolicyKind::RoundRobin,
-        PolicyKind::Random,
-        PolicyKind::LeastInflight,
-        PolicyKind::PowerOfTwo,
-        PolicyKind::LeastLoad,
-        PolicyKind::PrefixHash,
-        PolicyKind::Session,
-        PolicyKind::Cost,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            PolicyKind::RoundRobin => "round_robin",
-            PolicyKind::Random => "random",
-            PolicyKind::LeastInflight => "least_inflight",
-            PolicyKind::PowerOfTwo => "power_of_two",
-            PolicyKind::LeastLoad => "least_load",
-            PolicyKind::PrefixHash => "prefix_hash",
-            PolicyKind::Session => "session",
-            PolicyKind::Cost => "cost",
-        }
-    }
-
     pub fn parse(name: &str) -> Result<Self> {
-        PolicyKind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
-            let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+        PolicyKind::ALL.iter().copied().find(|k| k.as_str() == name).ok_or_else(|| {
+            let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.as_str()).collect();
             CoreError::config(format!("unknown policy {name:?}; expected one of {}", names.join(", ")))
         })
     }
 
-    /// The weights this policy reads, with their defaults and valid ranges.
-    pub fn weight_specs(self) -> &'static [WeightSpec] {
+    /// The parameters this policy reads, in the order `Router.policy()` lists them.
+    pub fn params(self) -> &'static [Param] {
+        use Param::*;
         match self {
-            PolicyKind::Cost => COST_WEIGHTS,
-            PolicyKind::PrefixHash => PREFIX_HASH_WEIGHTS,
-            PolicyKind::Session => SESSION_WEIGHTS,
+            PolicyKind::Cost => &[
+                QueueWeight,
+                PrefillWeight,
+                DecodeWeight,
+                KvWeight,
+                KvKnee,
+                TieTolerance,
+                ExternalityWeight,
+                RecomputeWeight,
+                ContentWeight,
+                EwmaAlpha,
+            ],
+            PolicyKind::PrefixHash => &[QueueThreshold],
+            PolicyKind::Session => &[LoadFactor],
+            PolicyKind::Weighted => &[PrefixScore, LeastLoadScore, LeastInflightScore, CostScore],
             _ => &[],
+        }
+    }
+
+    /// The scorers whose values this policy's picker reads (the predicted TTFT, which admission
+    /// reads under every policy, comes on top).
+    pub fn scorers(self) -> &'static [Scorer] {
+        match self {
+            PolicyKind::RoundRobin | PolicyKind::Random => &[],
+            PolicyKind::LeastInflight | PolicyKind::PowerOfTwo | PolicyKind::Session => &[Scorer::LeastInflight],
+            PolicyKind::LeastLoad | PolicyKind::PrefixHash => &[Scorer::LeastLoad],
+            PolicyKind::Cost => &[Scorer::Cost],
+            PolicyKind::Weighted => &Scorer::WEIGHTED,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct WeightSpec {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamSpec {
     pub name: &'static str,
     pub default: f64,
     pub min: f64,
     pub max: f64,
 }
 
-const fn w(name: &'static str, default: f64, min: f64, max: f64) -> WeightSpec {
-    WeightSpec { name, default, min, max }
-}
-
-/// See docs/routing.md for what each one means.
-pub const COST_WEIGHTS: &[WeightSpec] = &[
-    w("queue_weight", 1.0, 0.0, 100.0),
-    w("prefill_weight", 1.0, 0.0, 100.0),
-    w("decode_weight", 0.002, 0.0, 10.0),
-    w("kv_weight", 0.5, 0.0, 100.0),
-    w("kv_knee", 0.8, 0.0, 0.999),
-    w("tie_tolerance", 0.05, 0.0, 10.0),
-    w("externality_weight", 1.0, 0.0, 100.0),
-    w("recompute_weight", 3.0, 0.0, 100.0),
-    w("content_weight", 100.0, 0.0, 1000.0),
-    w("ewma_alpha", 0.2, 0.001, 1.0),
-];
-pub const PREFIX_HASH_WEIGHTS: &[WeightSpec] = &[w("queue_threshold", 8.0, 0.0, 1e9)];
-pub const SESSION_WEIGHTS: &[WeightSpec] = &[w("load_factor", 1.25, 1.0, 100.0)];
-
-/// Every weight any policy reads; unused ones keep their defaults, so policies read fields directly.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Weights {
-    pub queue_weight: f64,
-    pub prefill_weight: f64,
-    pub decode_weight: f64,
-    pub kv_weight: f64,
-    pub kv_knee: f64,
-    pub tie_tolerance: f64,
-    pub externality_weight: f64,
-    pub recompute_weight: f64,
-    pub content_weight: f64,
-    pub ewma_alpha: f64,
-    pub queue_threshold: f64,
-    pub load_factor: f64,
-}
-
-impl Default for Weights {
-    fn default() -> Self {
-        let mut w = Weights {
-            queue_weight: 0.0,
-            prefill_weight: 0.0,
-            decode_weight: 0.0,
-            kv_weight: 0.0,
-            kv_knee: 0.0,
-            tie_tolerance: 0.0,
-            externality_weight: 0.0,
-            recompute_weight: 0.0,
-            content_weight: 0.0,
-            ewma_alpha: 0.0,
-            queue_threshold: 0.0,
-            load_factor: 0.0,
-        };
-        for spec in COST_WEIGHTS.iter().chain(PREFIX_HASH_WEIGHTS).chain(SESSION_WEIGHTS) {
-            *w.field(spec.name).expect("spec names are fields") = spec.default;
+/// One table row per parameter: its name, default and range are written only here.
+macro_rules! params {
+    ($($(#[$doc:meta])* $var:ident = $name:literal, $default:expr, $min:expr, $max:expr;)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Param {
+            $($(#[$doc])* $var,)*
         }
-        w
+
+        impl Param {
+            pub const ALL: &'static [Param] = &[$(Param::$var),*];
+
+            pub fn spec(self) -> ParamSpec {
+                match self {
+                    $(Param::$var => ParamSpec { name: $name, default: $default, min: $min, max: $max },)*
+                }
+            }
+        }
+    };
+}
+
+// See docs/routing.md for what each one means.
+params! {
+    // The `ttft` scorer: predicted seconds to the first token (admission reads it under every policy).
+    QueueWeight = "queue_weight", 1.0, 0.0, 100.0;
+    PrefillWeight = "prefill_weight", 1.0, 0.0, 100.0;
+    DecodeWeight = "decode_weight", 0.002, 0.0, 10.0;
+    KvWeight = "kv_weight", 0.5, 0.0, 100.0;
+    KvKnee = "kv_knee", 0.8, 0.0, 0.999;
+    // The `cost` scorer: the ttft plus what this placement costs other requests, in seconds.
+    ExternalityWeight = "externality_weight", 1.0, 0.0, 100.0;
+    RecomputeWeight = "recompute_weight", 3.0, 0.0, 100.0;
+    ContentWeight = "content_weight", 100.0, 0.0, 1000.0;
+    // The cost picker: relative width of a near-tie.
+    TieTolerance = "tie_tolerance", 0.05, 0.0, 10.0;
+    // Learning the backends' rates from outcomes.
+    EwmaAlpha = "ewma_alpha", 0.2, 0.001, 1.0;
+    // prefix_hash: queue depth at which affinity gives way to least load.
+    QueueThreshold = "queue_threshold", 8.0, 0.0, 1e9;
+    // session: bounded load, a backend's share of in-flight work above which a session spills.
+    LoadFactor = "load_factor", 1.25, 1.0, 100.0;
+    // weighted: the weight of each scorer in the sum of normalised scores.
+    PrefixScore = "prefix", 1.0, 0.0, 100.0;
+    LeastLoadScore = "least_load", 1.5, 0.0, 100.0;
+    LeastInflightScore = "least_inflight", 0.0, 0.0, 100.0;
+    CostScore = "cost", 0.0, 0.0, 100.0;
+}
+
+/// A value for every parameter; those the policy does not read keep their defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params([f64; Param::ALL.len()]);
+
+impl Default for Params {
+    fn default() -> Self {
+        let mut values = [0.0; Param::ALL.len()];
+        for &p in Param::ALL {
+            values[p as usize] = p.spec().default;
+        }
+        Params(values)
     }
 }
 
-impl Weights {
-    fn field(&mut self, name: &str) -> Option<&mut f64> {
-        Some(match name {
-            "queue_weight" => &mut self.queue_weight,
-            "prefill_weight" => &mut self.prefill_weight,
-            "decode_weight" => &mut self.decode_weight,
-            "kv_weight" => &mut self.kv_weight,
-            "kv_knee" => &mut self.kv_knee,
-            "tie_tolerance" => &mut self.tie_tolerance,
-            "externality_weight" => &mut self.externality_weight,
-            "recompute_weight" => &mut self.recompute_weight,
-            "content_weight" => &mut self.content_weight,
-            "ewma_alpha" => &mut self.ewma_alpha,
-            "queue_threshold" => &mut self.queue_threshold,
-            "load_factor" => &mut self.load_factor,
-            _ => return None,
-        })
+impl Index<Param> for Params {
+    type Output = f64;
+    fn index(&self, p: Param) -> &f64 {
+        &self.0[p as usize]
     }
+}
 
-    fn get(&self, name: &str) -> f64 {
-        self.clone().field(name).map(|f| *f).unwrap_or(f64::NAN)
+impl IndexMut<Param> for Params {
+    fn index_mut(&mut self, p: Param) -> &mut f64 {
+        &mut self.0[p as usize]
     }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyConfig {
     pub kind: PolicyKind,
-    pub weights: Weights,
+    pub params: Params,
 }
 
 impl PolicyConfig {
-    /// A policy with default weights overridden by `overrides`; a weight the policy does not read,
-    /// or a value out of range, is an error (a typo must not silently leave a default in place).
+    /// A policy with default parameters overridden by `overrides`; a parameter the policy does not
+    /// read, or a value out of range, is an error (a typo must not silently leave a default in place).
     pub fn new(name: &str, overrides: &[(String, f64)]) -> Result<Self> {
         let kind = PolicyKind::parse(name)?;
-        let mut weights = Weights::default();
+        let mut params = Params::default();
         for (k, v) in overrides {
-            let spec = kind.weight_specs().iter().find(|s| s.name == k).ok_or_else(|| {
-                let names: Vec<&str> = kind.weight_specs().iter().map(|s| s.name).collect();
+            let p = kind.params().iter().copied().find(|p| p.spec().name == k).ok_or_else(|| {
+                let names: Vec<&str> = kind.params().iter().map(|p| p.spec().name).collect();
                 CoreError::config(format!(
                     "policy {name:?} has no weight {k:?} (its weights: {})",
                     if names.is_empty() { "none".to_owned() } else { names.join(", ") }
                 ))
             })?;
+            let spec = p.spec();
             if !(v.is_finite() && *v >= spec.min && *v <= spec.max) {
                 return Err(CoreError::config(format!("weight {k:?} = {v} is outside {}..={}", spec.min, spec.max)));
             }
-            *weights.field(k).expect("spec names are fields") = *v;
+            params[p] = *v;
         }
-        Ok(PolicyConfig { kind, weights })
+        Ok(PolicyConfig { kind, params })
     }
 
-    /// The policy's own weights, for `Router.policy()` and the admin API.
+    /// The policy's own parameters, for `Router.policy()` and the admin API.
     pub fn weights_list(&self) -> Vec<(&'static str, f64)> {
-        self.kind.weight_specs().iter().map(|s| (s.name, self.weights.get(s.name))).collect()
+        self.kind.params().iter().map(|&p| (p.spec().name, self.params[p])).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn names_round_trip() {
-        for k in PolicyKind::ALL {
-            assert_eq!(PolicyKind::parse(k.name()).unwrap(), k);
+        for &k in PolicyKind::ALL {
+            assert_eq!(PolicyKind::parse(k.as_str()).unwrap(), k);
         }
         assert!(PolicyKind::parse("fastest").is_err());
     }
 
     #[test]
+    fn param_names_are_distinct_and_defaults_in_range() {
+        let mut seen = HashSet::new();
+        for &p in Param::ALL {
+            let s = p.spec();
+            assert!(seen.insert(s.name), "{} is spelled twice", s.name);
+            assert!(s.min <= s.default && s.default <= s.max, "{}", s.name);
+        }
+    }
+
+    #[test]
     fn weights_are_validated() {
         let p = PolicyConfig::new("cost", &[("kv_weight".into(), 2.0)]).unwrap();
-        assert_eq!(p.weights.kv_weight, 2.0);
-        assert_eq!(p.weights.queue_weight, 1.0);
+        assert_eq!(p.params[Param::KvWeight], 2.0);
+        assert_eq!(p.params[Param::QueueWeight], 1.0);
         assert!(PolicyConfig::new("cost", &[("kv_wieght".into(), 2.0)]).is_err());
         assert!(PolicyConfig::new("cost", &[("kv_knee".into(), 1.5)]).is_err());
         assert!(PolicyConfig::new("round_robin", &[("kv_weight".into(), 1.0)]).is_err());

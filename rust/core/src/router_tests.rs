@@ -1,10 +1,10 @@
 //! Router behaviour: every policy, the index through the router (eviction, restart, capacity),
 //! admission and the wait queue.
+use crate::admission::Tier;
 use crate::backend::BackendUpdate;
 use crate::error::CoreError;
-use crate::request::{parse, Endpoint, HashConfig, Request};
-use crate::admission::Tier;
 use crate::outcome::{Decision, Routed};
+use crate::request::{parse, Endpoint, HashConfig, Request};
 use crate::router::{Router, RouterConfig};
 use crate::snapshot::Snap;
 
@@ -314,7 +314,7 @@ fn wait_queue_orders_by_priority_then_age() {
     let d = routed(r.resume(high.wait_id).unwrap());
     assert_eq!(r.release(d.ticket, true, 0, 0, 0, 0.0).unwrap(), vec![normal.wait_id]);
     r.cancel_wait(normal.wait_id).unwrap();
-    assert_eq!(r.cancel_wait(normal.wait_id), Err(CoreError::UnknownTicket(normal.wait_id)));
+    assert_eq!(r.cancel_wait(normal.wait_id), Err(CoreError::UnknownWait(normal.wait_id)));
     assert_eq!(r.waiting_count(), 1);
     let d = routed(r.resume(low.wait_id).unwrap());
     assert_eq!(r.release(d.ticket, true, 0, 0, 0, 0.0).unwrap(), Vec::<u64>::new());

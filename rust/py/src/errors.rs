@@ -12,6 +12,7 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(kvroute._native, InvalidConfig, KvrouteError);
 pyo3::create_exception!(kvroute._native, UnknownTicket, KvrouteError);
+pyo3::create_exception!(kvroute._native, UnknownWait, KvrouteError);
 pyo3::create_exception!(kvroute._native, UnknownBackend, KvrouteError);
 
 pub fn to_pyerr(e: CoreError) -> PyErr {
@@ -25,6 +26,7 @@ pub fn to_pyerr(e: CoreError) -> PyErr {
         }),
         CoreError::InvalidConfig(_) => InvalidConfig::new_err(msg),
         CoreError::UnknownTicket(_) => UnknownTicket::new_err(msg),
+        CoreError::UnknownWait(_) => UnknownWait::new_err(msg),
         CoreError::UnknownBackend(_) => UnknownBackend::new_err(msg),
     }
 }
@@ -35,6 +37,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MalformedRequest", py.get_type::<MalformedRequest>())?;
     m.add("InvalidConfig", py.get_type::<InvalidConfig>())?;
     m.add("UnknownTicket", py.get_type::<UnknownTicket>())?;
+    m.add("UnknownWait", py.get_type::<UnknownWait>())?;
     m.add("UnknownBackend", py.get_type::<UnknownBackend>())?;
     // Class-level default so `err.param` works even on instances raised from Python code.
     py.get_type::<MalformedRequest>().setattr("param", py.None())?;

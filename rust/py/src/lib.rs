@@ -291,7 +291,14 @@ impl Router {
         let mut w: Vec<(String, f64)> = Vec::new();
         if let Some(d) = weights {
             for (k, v) in d.iter() {
-                w.push((k.extract()?, v.extract()?));
+                let name: String = k.extract()?;
+                // A weight that is not a number is a configuration error like one out of range,
+                // not a TypeError from the conversion.
+                let value: f64 = v.extract().map_err(|_| {
+                    let shown = v.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string());
+                    to_pyerr(core::CoreError::config(format!("weight {name:?} must be a number, got {shown}")))
+                })?;
+                w.push((name, value));
             }
         }
         self.core().set_policy(name, &w).map_err(to_pyerr)
@@ -349,5 +356,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let names = |all: &mut dyn Iterator<Item = &'static str>| PyTuple::new(py, all.collect::<Vec<_>>());
     m.add("BRANCHES", names(&mut core::Branch::ALL.iter().map(|b| b.as_str()))?)?;
     m.add("REASONS", names(&mut core::Reason::ALL.iter().map(|r| r.as_str()))?)?;
+    m.add("POLICIES", names(&mut core::policy::PolicyKind::ALL.iter().map(|p| p.as_str()))?)?;
+    m.add("SCORERS", names(&mut core::Scorer::ALL.iter().map(|s| s.as_str()))?)?;
     Ok(())
 }
