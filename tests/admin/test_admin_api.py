@@ -52,7 +52,8 @@ async def test_wrong_or_missing_token_is_401_and_changes_nothing(sims):
             ("PUT", "/admin/policy", {"policy": "random", "queue_threshold_low": 1}), ("GET", "/admin/stats", None),
             ("GET", "/admin/config", None),
         ]
-        before = ([b.id for b in gateway.fleet.all()], gateway.router.policy(), gateway.settings.queue_threshold_low)
+        limits = gateway.control.operator.limits
+        before = ([b.id for b in gateway.fleet.all()], gateway.router.policy(), limits()["queue_threshold_low"])
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             for method, path, body in calls:
                 response = await client.request(method, base + path, json=body, headers=headers)
@@ -60,7 +61,7 @@ async def test_wrong_or_missing_token_is_401_and_changes_nothing(sims):
                 assert response.headers["www-authenticate"] == "Bearer"
                 assert response.json()["error"]["type"] == "authentication_error"
         assert ([b.id for b in gateway.fleet.all()], gateway.router.policy(),
-                gateway.settings.queue_threshold_low) == before
+                limits()["queue_threshold_low"]) == before
         assert not gateway.fleet.get(target).drained
         assert (await client.get(base + "/admin/backends", headers=AUTH)).status_code == 200
         # The page and Prometheus' scrape need no token; neither carries a secret.
@@ -160,7 +161,7 @@ async def test_policy_change_changes_decisions(sims):
             assert response.status_code == 400, bad
         after = (await client.get(base + "/admin/policy")).json()
         assert after["policy"] == "round_robin" and after["queue_threshold_low"] == 5
-        assert gateway.settings.queue_threshold_high == 0
+        assert gateway.control.operator.limits()["queue_threshold_high"] == 0
         weights = await client.put(base + "/admin/policy", json={"policy": "cost", "weights": {"kv_weight": 0.9}})
         assert weights.json()["weights"]["kv_weight"] == 0.9
         # One weight at a time: the others stay as they were.

@@ -53,7 +53,7 @@ async def test_admin_changes_reach_a_worker_without_the_admin_api_and_survive_a_
         update = {"policy": "least_inflight", "queue_threshold_low": 7}
         assert (await http.put(f"{admin}/policy", json=update)).status_code == 200
         await wait_until(lambda: second.router.policy()[0] == "least_inflight", "the policy reaches it")
-        assert second.settings.queue_threshold_low == 7
+        assert second.control.operator.limits()["queue_threshold_low"] == 7
         assert dict(second.router.policy()[1]) == dict(first.router.policy()[1])
 
         assert (await http.post(f"{admin}/backends/{a}/undrain")).status_code == 200
@@ -69,7 +69,7 @@ async def test_admin_changes_reach_a_worker_without_the_admin_api_and_survive_a_
     # A restart with the same file starts from the changes: in force before the first request.
     async with full_gateway(backend=sims.urls[:1], admin_state_file=state_file) as restarted:
         assert restarted.router.policy()[0] == "least_inflight"
-        assert restarted.settings.queue_threshold_low == 7
+        assert restarted.control.operator.limits()["queue_threshold_low"] == 7
         assert restarted.fleet.get(b) is not None and restarted.fleet.get(b).drained
         assert not restarted.fleet.get(a).drained
 

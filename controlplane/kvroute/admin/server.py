@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException  # also what an unknown path or m
 from kvroute.admin.observe import CONTENT_TYPE
 from kvroute.admin.worker_snapshots import summed_in_flight
 from kvroute.config import as_dict, check_admin_exposure, is_loopback
-from kvroute.control.fleet import Backend, Fleet, backend_id_for
-from kvroute.control.admission import TIERS, apply_admission
+from kvroute.control.fleet import Backend, Fleet
+from kvroute.control.operator import Conflict, NotFound, OperatorError
 
 if TYPE_CHECKING:
     from kvroute._native import Router
@@ -74,8 +74,9 @@ class PolicyUpdate(BaseModel):
 
 
 def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Observer, control: ControlPlane) -> FastAPI:
-    # Every change is also recorded for the other workers and for restarts (control/shared_state.py).
-    shared = control.shared
+    # The operator applies every change; each is then recorded for the other workers and for
+    # restarts (control/shared_state.py).
+    operator, shared = control.operator, control.shared
 
     def require_token(request: Request) -> None:
         token = settings.admin_token
@@ -92,6 +93,14 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
     @app.exception_handler(AdminError)
     async def _admin_error(request: Request, exc: AdminError) -> JSONResponse:
         return _error(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(OperatorError)
+    async def _refused(request: Request, exc: OperatorError) -> JSONResponse:
+        if isinstance(exc, NotFound):
+            return _error(404, str(exc), "not_found_error")
+        if isinstance(exc, Conflict):
+            return _error(409, str(exc), "conflict_error")
+        return _error(400, str(exc), "invalid_request_error")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -116,10 +125,7 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
         return states
 
     def backend_state(backend_id: str) -> dict[str, Any]:
-        backend = fleet.get(backend_id)
-        if backend is None:
-            raise AdminError(404, f"no backend {backend_id!r}", "not_found_error")
-        return backend_states([backend])[0]
+        return backend_states([operator.backend(backend_id)])[0]
 
     @app.get("/admin/backends", dependencies=guarded, summary="Every backend with its full state")
     async def list_backends() -> dict[str, Any]:
@@ -131,14 +137,7 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
 
     @app.post("/admin/backends", dependencies=guarded, status_code=201, summary="Add a backend")
     async def add_backend(body: BackendIn) -> dict[str, Any]:
-        try:
-            backend_id = backend_id_for(body.url)
-        except ValueError as exc:
-            raise AdminError(400, str(exc)) from None
-        existing = fleet.get(backend_id)
-        if existing is not None and not existing.retiring:
-            raise AdminError(409, f"backend {backend_id!r} exists (source {existing.source})", "conflict_error")
-        await control.add_backend(body.url, source="admin")
+        backend_id = await operator.add(body.url)
         shared.added(body.url)
         log.info("admin: added backend %s", backend_id)
         return backend_state(backend_id)
@@ -146,9 +145,7 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
     @app.delete("/admin/backends/{backend_id}", dependencies=guarded,
                 summary="Remove a backend: drained now, removed when nothing is in flight on it")
     async def remove_backend(backend_id: str) -> dict[str, Any]:
-        backend_state(backend_id)
-        fleet.retire(backend_id)
-        fleet.tick()
+        operator.remove(backend_id)
         shared.removed(backend_id)
         log.info("admin: removing backend %s", backend_id)
         return {"id": backend_id, "removed": fleet.get(backend_id) is None}
@@ -156,57 +153,30 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
     @app.post("/admin/backends/{backend_id}/drain", dependencies=guarded,
               summary="Finish in-flight requests, take no new ones")
     async def drain(backend_id: str) -> dict[str, Any]:
-        backend_state(backend_id)
-        fleet.set_drained(backend_id, True)
+        operator.drain(backend_id, True)
         shared.drained(backend_id, True)
         log.info("admin: drained backend %s", backend_id)
         return backend_state(backend_id)
 
     @app.post("/admin/backends/{backend_id}/undrain", dependencies=guarded, summary="Take new requests again")
     async def undrain(backend_id: str) -> dict[str, Any]:
-        backend_state(backend_id)
-        fleet.set_drained(backend_id, False)
+        operator.drain(backend_id, False)
         shared.drained(backend_id, False)
         log.info("admin: undrained backend %s", backend_id)
         return backend_state(backend_id)
 
-    def policy_state() -> dict[str, Any]:
-        name, weights = router.policy()
-        state: dict[str, Any] = {"policy": name, "weights": dict(weights)}
-        for tier in TIERS:
-            state[f"queue_threshold_{tier}"] = getattr(settings, f"queue_threshold_{tier}")
-            state[f"max_wait_ms_{tier}"] = getattr(settings, f"max_wait_ms_{tier}")
-        return state
-
     @app.get("/admin/policy", dependencies=guarded, summary="Routing policy, its weights, admission limits")
     async def get_policy() -> dict[str, Any]:
-        return policy_state()
+        return operator.policy()
 
     @app.put("/admin/policy", dependencies=guarded, summary="Change policy, weights and/or admission limits")
     async def put_policy(body: PolicyUpdate) -> dict[str, Any]:
-        from kvroute import _native
-
-        if body.policy is not None or body.weights is not None:
-            current, current_weights = router.policy()
-            name = body.policy or current
-            # The core resets weights not given; changing one weight of the same policy keeps the
-            # others, while a new policy starts from its own defaults.
-            weights = {**current_weights, **(body.weights or {})} if name == current else dict(body.weights or {})
-            try:
-                # The core validates name and weights and either applies all of them or raises.
-                router.set_policy(name, **weights)
-            except (_native.KvrouteError, TypeError, ValueError) as exc:
-                raise AdminError(400, f"policy: {exc}") from None
-            settings.policy = router.policy()[0]
-        changes = body.model_dump(exclude_none=True, exclude={"policy", "weights"})
-        for key, value in changes.items():
-            setattr(settings, key, value)
-        if changes:
-            apply_admission(router, settings)
-        name, weights = router.policy()
-        shared.policy(name, dict(weights), changes)
-        log.info("admin: policy now %s", policy_state())
-        return policy_state()
+        limits = body.model_dump(exclude_none=True, exclude={"policy", "weights"})
+        operator.set_policy(body.policy, body.weights, limits)
+        state = operator.policy()
+        shared.policy(state["policy"], state["weights"], limits)
+        log.info("admin: policy now %s", state)
+        return state
 
     @app.get("/admin/stats", dependencies=guarded, summary="Router-wide counters and fleet summary")
     async def stats() -> dict[str, Any]:

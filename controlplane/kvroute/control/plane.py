@@ -11,8 +11,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from kvroute.control import discovery
-from kvroute.control.admission import apply_admission
 from kvroute.control.fleet import Backend
+from kvroute.control.operator import Operator, start_limits
 from kvroute.control.poller import Poller
 from kvroute.control.shared_state import SharedAdminState, state_path
 from kvroute.proxy.upstream import UpstreamPool
@@ -32,7 +32,8 @@ class ControlPlane:
         self.client: UpstreamPool | None = None
         self.poller: Poller | None = None
         self.source: discovery.Discovery | None = None
-        self.shared = SharedAdminState(settings, router, fleet, self.add_backend, state_path(settings))
+        self.operator = Operator(router, fleet, self.add_backend)
+        self.shared = SharedAdminState(self.operator, state_path(settings))
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -53,7 +54,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         settings, fleet = self.settings, self.fleet
-        apply_admission(self.router, settings)
+        self.operator.set_limits(start_limits(settings))
         # Its own pool, not the data plane's: poll connections stay warm whatever clients do, and
         # the same raw client keeps a poll round from showing in the requests' tail latency.
         self.client = UpstreamPool(connect_timeout=settings.poll_timeout, max_idle_per_target=4)

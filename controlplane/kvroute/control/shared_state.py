@@ -22,17 +22,14 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from kvroute.control.admission import apply_admission
 from kvroute.control.atomic_file import FileKey, file_key, write_atomically
 from kvroute.control.fleet import backend_id_for
 from kvroute.workers import run_file, worker_index
 
 if TYPE_CHECKING:
-    from kvroute._native import Router
-    from kvroute.config import Settings
-    from kvroute.control.fleet import Fleet
+    from kvroute.control.operator import Operator
 
 log = logging.getLogger("kvroute.control.shared_state")
 
@@ -68,10 +65,8 @@ def state_path(settings: Any, environ: Mapping[str, str] = os.environ) -> Path |
 class SharedAdminState:
     """One gateway's side of the shared document: records worker 0's changes, applies everyone's."""
 
-    def __init__(self, settings: Settings, router: Router, fleet: Fleet,
-                 add_backend: Callable[[str], Awaitable[object]], path: Path | None) -> None:
-        self.settings, self.router, self.fleet = settings, router, fleet
-        self.add_backend = add_backend  # adds and polls once (ControlPlane.add_backend)
+    def __init__(self, operator: Operator, path: Path | None) -> None:
+        self.operator = operator  # applies every change; this class only records and reads them
         self.path = path
         self.state = AdminState()
         self.applied = 0  # serial of the last document this gateway applied
@@ -139,27 +134,21 @@ class SharedAdminState:
         await self._apply()
 
     async def _apply(self) -> None:
-        state, fleet, router, settings = self.state, self.fleet, self.router, self.settings
-        name, weights = router.policy()
+        state, operator, fleet = self.state, self.operator, self.operator.fleet
+        name, weights = operator.router.policy()
         if state.policy is not None and (name, dict(weights)) != (state.policy, state.weights):
-            router.set_policy(state.policy, **state.weights)
-            settings.policy = state.policy
-        if any(getattr(settings, key) != value for key, value in state.admission.items()):
-            for key, value in state.admission.items():
-                setattr(settings, key, value)
-            apply_admission(router, settings)
+            operator.set_policy(state.policy, state.weights)
+        current = operator.limits()
+        if any(current.get(key) != value for key, value in state.admission.items()):
+            operator.set_policy(limits=state.admission)
         for backend_id, url in state.added.items():
             backend = fleet.get(backend_id)
             if backend is None or backend.retiring:
-                await self.add_backend(url)
-        removals = [b for b, serial in state.removed.items() if serial > self.applied and fleet.get(b) is not None]
-        for backend_id in removals:
-            fleet.retire(backend_id)
-        if removals:
-            fleet.tick()  # what has nothing in flight leaves now, as it does when worker 0 removes it
+                await operator.add(url)
+        operator.remove(*(b for b, serial in state.removed.items() if serial > self.applied and fleet.get(b) is not None))
         drained = set(state.drained)
         for backend in fleet.all():
-            fleet.set_drained(backend.id, backend.id in drained)
+            operator.drain(backend.id, backend.id in drained)
         if state.serial > self.applied:
             log.info("applied admin state %d from %s", state.serial, self.path)
             self.applied = state.serial
