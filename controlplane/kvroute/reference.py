@@ -194,7 +194,32 @@ def _is_u64(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= M64
 
 
+MAX_DEPTH = 128  # rust/core/src/json_depth.rs
+
+
+def _deeper_than(body: bytes, limit: int) -> bool:
+    depth, i, n = 0, 0, len(body)
+    while i < n:
+        c = body[i]
+        if c == 0x22:  # a string: skip to its closing quote, stepping over escapes
+            i += 1
+            while i < n and body[i] != 0x22:
+                i += 2 if body[i] == 0x5C else 1
+            if i >= n:
+                return False
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in (0x5D, 0x7D):
+            depth = max(depth - 1, 0)
+        i += 1
+    return False
+
+
 def parse(body: bytes, endpoint: str, block_tokens: int = 16, bytes_per_token: float = 4.0) -> ParsedRequest:
+    if body.lstrip()[:1] == b"{" and _deeper_than(body, MAX_DEPTH):
+        raise _bad(None, f"request body nests arrays or objects deeper than {MAX_DEPTH} levels")
     try:
         top = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:

@@ -217,6 +217,10 @@ def test_native_and_reference_decide_alike(seed: int, wait_queue_size: int, prog
         (b'{"model":"m"}', "completions"),
         (b'{"model":"m","input":3}', "embeddings"),
         (b'{"model":"m","instructions":3,"input":"x"}', "responses"),
+        # Nested past the limit in a field the core skips, and in one it reads.
+        (b'{"model":"m","messages":[{"role":"user","content":"x"}],"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+         "chat"),
+        (b'{"model":"m","messages":[{"role":"user","content":' + b"[" * 129 + b"]" * 129 + b"}]}", "chat"),
     ],
 )
 def test_malformed_bodies_agree(body: bytes, endpoint: str) -> None:

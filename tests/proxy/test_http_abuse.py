@@ -26,6 +26,11 @@ def openai_error(raw: bytes, status: int) -> dict:
     return error
 
 
+async def post_raw(port: int, body: bytes) -> bytes:
+    return await raw_exchange(port, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                              b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body))
+
+
 def post_with_urllib(port: int, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
                                      headers={"content-type": "application/json"})
@@ -114,8 +119,22 @@ async def test_invalid_utf8_in_the_body_is_400_in_openai_shape(scripted) -> None
     backend = await scripted()
     body = b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
     async with running_gateway([backend.url]) as gw:
-        raw = await raw_exchange(gw.proxy.port, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                                 b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b"
-                                 % (len(body), body))
+        raw = await post_raw(gw.proxy.port, body)
     assert openai_error(raw, 400)["type"] == "invalid_request_error"
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize("where", ["unread field", "message content"])
+async def test_deeply_nested_json_is_400_in_openai_shape(scripted, where: str) -> None:
+    # serde skips unknown fields at any depth: without the core's own bound this body reached the engine.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    if where == "unread field":
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "x": ' + deep + b"}"
+    else:
+        body = b'{"model": "m", "messages": [{"role": "user", "content": ' + deep + b"}]}"
+    backend = await scripted()
+    async with running_gateway([backend.url]) as gw:
+        raw = await post_raw(gw.proxy.port, body)
+    error = openai_error(raw, 400)
+    assert error["type"] == "invalid_request_error" and "deeper than 128" in error["message"]
     assert backend.seen == []

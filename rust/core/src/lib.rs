@@ -12,6 +12,7 @@ pub mod backend;
 pub mod error;
 mod fasthash;
 pub mod index;
+mod json_depth;
 pub mod outcome;
 pub mod policy;
 pub mod request;

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use crate::error::{CoreError, Result};
+use crate::json_depth;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -314,6 +315,10 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
     // serde would also read a struct from a JSON array (fields by position): only objects are bodies.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(diagnose(body, None));
+    }
+    if json_depth::deeper_than(body, json_depth::MAX_DEPTH) {
+        let msg = format!("request body nests arrays or objects deeper than {} levels", json_depth::MAX_DEPTH);
+        return Err(CoreError::malformed(None, msg));
     }
     let top: Top = match serde_json::from_slice(body) {
         Ok(t) => t,
