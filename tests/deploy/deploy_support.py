@@ -19,6 +19,11 @@ DASHBOARD = DEPLOY / "grafana" / "kvroute-dashboard.json"
 SETTINGS_KEYS = frozenset(f.name for f in dataclasses.fields(Settings))
 
 
+def unquote(text: str) -> str:
+    """python-hcl2 keeps the quotes of HCL strings: "t4" -> t4."""
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
 def yaml_documents(path: Path) -> list[dict[str, Any]]:
     """Every non-empty document of a (multi-document) YAML file."""
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]

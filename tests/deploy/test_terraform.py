@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from deploy_support import ROOT
+from deploy_support import ROOT, unquote as _unquote
 
 hcl2 = pytest.importorskip("hcl2")
 
@@ -24,10 +24,6 @@ TERRAFORM = ROOT / "infra" / "terraform"
 MODULE_DIRS = sorted({p.parent for p in TERRAFORM.rglob("*.tf")})
 META_ARGUMENTS = {"source", "version", "providers", "depends_on", "count", "for_each"}
 PROVIDER_PREFIXES = ("aws_", "google_")
-
-
-def _unquote(text: str) -> str:
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
 
 
 def _strip_comments(text: str) -> str:

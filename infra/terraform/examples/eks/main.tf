@@ -1,4 +1,5 @@
-# Example root module: a VPC and an EKS cluster with an L4 GPU node group for kvroute + vLLM.
+# Example root module: a VPC and an EKS cluster with a GPU node group (T4, L4 or H100: var.gpu, gpus.tf)
+# for kvroute + vLLM.
 #   cp terraform.tfvars.example terraform.tfvars   # then edit
 #   terraform init && terraform plan
 
@@ -50,8 +51,8 @@ module "cluster" {
   cluster_name        = var.cluster_name
   subnet_ids          = module.vpc.private_subnets
   public_access_cidrs = var.public_access_cidrs
-  # g6.xlarge: 1x L4 (24 GB), enough for a 7-8B model in bf16 with room for KV cache.
-  gpu_instance_types = ["g6.xlarge"]
-  gpu_max_nodes      = var.gpu_max_nodes
-  tags               = var.tags
+  gpu_instance_types  = local.gpu_pool.instance_types
+  gpu_label           = var.gpu
+  gpu_max_nodes       = var.gpu_max_nodes
+  tags                = var.tags
 }

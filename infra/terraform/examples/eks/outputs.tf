@@ -1,5 +1,5 @@
 output "update_kubeconfig_command" {
-  description = "Run this, install the NVIDIA device plugin (README), then apply deploy/kubernetes."
+  description = "Run this, install the NVIDIA device plugin (README), then follow docs/deployment.md section 2."
   value       = module.cluster.update_kubeconfig_command
 }
 
@@ -11,4 +11,9 @@ output "gpu_node_group" {
 output "vpc_id" {
   description = "The new VPC."
   value       = module.vpc.vpc_id
+}
+
+output "vllm_fleet" {
+  description = "The vLLM overlay sized for this node pool: kubectl apply -k <this> (docs/deployment.md, step 3)."
+  value       = local.gpu_pool.fleet
 }

@@ -33,3 +33,14 @@ variable "tags" {
   type        = map(string)
   default     = { app = "kvroute" }
 }
+
+variable "gpu" {
+  description = "GPU of the node pool, and so which fleet of deploy/kubernetes/fleets/ it runs: t4, l4 or h100 (gpus.tf)."
+  type        = string
+  default     = "l4"
+
+  validation {
+    condition     = contains(["t4", "l4", "h100"], var.gpu)
+    error_message = "gpu must be t4, l4 or h100."
+  }
+}

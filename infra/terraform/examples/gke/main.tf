@@ -1,4 +1,5 @@
-# Example root module: a GKE cluster with an L4 GPU pool for kvroute + vLLM.
+# Example root module: a GKE cluster with a GPU node pool (T4, L4 or H100: var.gpu, gpus.tf) for kvroute
+# + vLLM.
 #   cp terraform.tfvars.example terraform.tfvars   # then edit
 #   terraform init && terraform plan
 
@@ -24,9 +25,10 @@ module "cluster" {
   region       = var.region
   cluster_name = var.cluster_name
   gpu_zones    = var.gpu_zones
-  gpu_type     = "nvidia-l4"
-  # g2-standard-8: 1x L4 (24 GB), enough for a 7-8B model in bf16 with room for KV cache.
-  gpu_machine_type = "g2-standard-8"
+  gpu_type     = local.gpu_pool.gpu_type
+  gpu_label    = var.gpu
+  # The machine type is tied to the accelerator on GKE (n1 takes T4s, g2 comes with L4s, a3 with H100s).
+  gpu_machine_type = local.gpu_pool.machine_type
   gpu_max_nodes    = var.gpu_max_nodes
   labels           = { app = "kvroute" }
 }

@@ -57,7 +57,7 @@ resource "aws_eks_node_group" "gpu" {
   capacity_type   = var.gpu_capacity_type
   instance_types  = var.gpu_instance_types
   disk_size       = var.gpu_disk_size_gb
-  labels          = { "kvroute/pool" = "gpu" }
+  labels          = { "kvroute/pool" = "gpu", "kvroute/gpu" = var.gpu_label }
   tags            = var.tags
 
   scaling_config {

@@ -107,3 +107,13 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "gpu_label" {
+  description = "Value of the kvroute/gpu label on GPU nodes (t4, l4, h100): the nodeSelector of the fleets in deploy/kubernetes/fleets/."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", var.gpu_label))
+    error_message = "gpu_label must be a valid Kubernetes label value in lower case."
+  }
+}

@@ -93,7 +93,7 @@ resource "google_container_node_pool" "gpu" {
     disk_type       = "pd-balanced"
     service_account = google_service_account.nodes.email
     oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
-    labels          = { "kvroute/pool" = "gpu" }
+    labels          = { "kvroute/pool" = "gpu", "kvroute/gpu" = var.gpu_label }
     resource_labels = var.labels
 
     guest_accelerator {

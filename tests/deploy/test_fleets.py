@@ -1,0 +1,133 @@
+"""deploy/kubernetes/fleets against infra/terraform/examples: every GPU choice of every example
+creates nodes the fleet it names fits on (requests, labels, taints), and every rendered fleet keeps
+what kvroute relies on (prefix caching, a stated block size, KV events on the Service, the same model
+downloaded and served)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cluster_model import rendered
+from deploy_support import KUBE, ROOT, containers, unquote
+from node_types import NODE_TYPES, NodeType, pod_requests, schedulable
+
+hcl2 = pytest.importorskip("hcl2")
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+
+EXAMPLES = ROOT / "infra" / "terraform" / "examples"
+FLEETS = sorted((KUBE / "fleets").iterdir())
+
+
+def _pools(example: str) -> dict[str, dict]:
+    (locals_,) = hcl2.loads((EXAMPLES / example / "gpus.tf").read_text())["locals"]
+    return {unquote(gpu): {key: [unquote(v) for v in value] if isinstance(value, list) else unquote(value)
+                           for key, value in pool.items()}
+            for gpu, pool in locals_["gpu_pools"].items()}
+
+
+def _vllm(fleet: Path) -> dict:
+    (deployment,) = [d for d in rendered(fleet) if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+    return deployment
+
+
+def _node_types(pool: dict) -> list[str]:
+    return pool.get("instance_types") or [pool["machine_type"]]
+
+
+POOLS = [(example, gpu, pool) for example in ("eks", "gke") for gpu, pool in _pools(example).items()]
+
+
+@pytest.mark.parametrize("example,gpu,pool", POOLS, ids=[f"{e}-{g}" for e, g, _ in POOLS])
+def test_the_fleet_fits_the_nodes_the_example_creates(example, gpu, pool):
+    pod = _vllm(ROOT / pool["fleet"])["spec"]["template"]["spec"]
+    cpu, memory, gpus = pod_requests(pod)
+    for name in _node_types(pool):
+        node = NODE_TYPES[name]
+        assert node.cloud == example and node.gpu == gpu, name
+        free_cpu, free_memory = schedulable(node)
+        assert cpu <= free_cpu and memory <= free_memory, (
+            f"{pool['fleet']} asks {cpu} CPU / {memory:.1f} GiB; {name} leaves {free_cpu:.2f} / {free_memory:.1f}")
+        assert 1 <= gpus <= node.gpus
+    # The node label both modules set (kvroute/gpu = var.gpu) is what the fleet selects.
+    assert pod["nodeSelector"] == {"kvroute/gpu": gpu}
+
+
+def test_the_check_rejects_the_pod_the_old_eks_example_left_pending():
+    # g6.xlarge with the old example's vLLM requests (cpu 4, memory 24Gi) stayed Pending.
+    free_cpu, free_memory = schedulable(NODE_TYPES["g6.xlarge"])
+    assert not (4 <= free_cpu and 24 <= free_memory)
+    assert free_memory < 16 and free_cpu < 4
+
+
+def test_each_example_offers_every_fleet():
+    fleets = {str(f.relative_to(ROOT)) for f in FLEETS}
+    for example in ("eks", "gke"):
+        assert {pool["fleet"] for pool in _pools(example).values()} == fleets
+
+
+@pytest.mark.parametrize("module", ["eks-gpu-cluster", "gke-gpu-cluster"])
+def test_gpu_nodes_are_labelled_and_tainted_as_the_fleets_expect(module):
+    text = (ROOT / "infra" / "terraform" / "modules" / module / "main.tf").read_text()
+    assert '"kvroute/gpu" = var.gpu_label' in text
+    tolerations = _vllm(FLEETS[0])["spec"]["template"]["spec"]["tolerations"]
+    # EKS: the module's taint; GKE puts nvidia.com/gpu=present:NoSchedule on GPU nodes itself.
+    taint = {"key": "nvidia.com/gpu", "effect": "NoSchedule"}
+    assert any(t["key"] == taint["key"] and t["effect"] == taint["effect"] and t["operator"] == "Exists"
+               for t in tolerations)
+    if module.startswith("eks"):
+        assert 'key    = "nvidia.com/gpu"' in text and 'effect = "NO_SCHEDULE"' in text
+
+
+@pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
+def test_every_fleet_keeps_what_kvroute_relies_on(fleet):
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in rendered(fleet)}
+    deployment = objects["Deployment", "vllm"]
+    (server,) = containers(deployment)
+    args = server["args"]
+    flags = {a.split("=", 1)[0]: a.split("=", 1)[1] if "=" in a else True for a in args}
+    assert flags["--enable-prefix-caching"] is True and flags["--enable-prompt-tokens-details"] is True
+    assert int(flags["--block-size"]) > 0
+    assert '"enable_kv_cache_events": true' in flags["--kv-events-config"]
+    # The init container fetches the model the server serves.
+    (fetch,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert {e["name"]: e.get("value") for e in fetch["env"]}["MODEL"] == flags["--model"]
+    # Readiness on /health, the Service names both ports, the NetworkPolicy covers the pods.
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    service_ports = {p["name"]: p["targetPort"] for p in objects["Service", "vllm"]["spec"]["ports"]}
+    container_ports = {p["name"] for p in server["ports"]}
+    assert {"http", "kv-events"} <= set(service_ports) and set(service_ports.values()) <= container_ports
+    assert f"tcp://*:{next(p['containerPort'] for p in server['ports'] if p['name'] == 'kv-events')}" \
+        in flags["--kv-events-config"]
+    policy = objects["NetworkPolicy", "vllm-from-router-only"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    if "--dtype" in flags:
+        assert fleet.name.startswith("t4")  # fp16 only where the GPU lacks bf16
+
+
+@pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
+def test_vllm_pods_are_locked_down(fleet):
+    pod = _vllm(fleet)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"] + pod["initContainers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_only_the_gateway_and_prometheus_reach_vllm():
+    gateway = {(d["kind"], d["metadata"]["name"]): d for d in rendered(KUBE)}
+    gateway_labels = gateway["Deployment", "kvroute"]["spec"]["template"]["metadata"]["labels"]
+    policy = {(d["kind"], d["metadata"]["name"]): d for d in rendered(KUBE / "vllm")}[
+        "NetworkPolicy", "vllm-from-router-only"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    pods = [p["podSelector"]["matchLabels"] for p in sources if "podSelector" in p]
+    namespaces = [p["namespaceSelector"]["matchLabels"] for p in sources if "namespaceSelector" in p]
+    # Every pod rule selects the gateway's pods and no others (a selector they all carry).
+    assert pods and all(sel.items() <= gateway_labels.items() and "app.kubernetes.io/component" in sel for sel in pods)
+    assert namespaces == [{"kubernetes.io/metadata.name": "monitoring"}]
