@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlsplit
 
+from kvroute.config import Settings
 from kvroute.control.health import CircuitBreaker, CircuitState, Clock, Liveness
 from kvroute.control.metrics import BackendMetrics
 
 if TYPE_CHECKING:
     from kvroute._native import Router
-    from kvroute.config import Settings
 
 
 def backend_id_for(url: str) -> str:
@@ -34,6 +34,8 @@ def backend_id_for(url: str) -> str:
 class Backend:
     id: str
     url: str
+    liveness: Liveness  # thresholds from the settings (Fleet.add): no second set of defaults here
+    breaker: CircuitBreaker
     source: str = "static"
     models: list[str] = field(default_factory=list)
     # Operator drain (admin API) and discovery drain (terminating endpoint) are kept apart so that an
@@ -42,8 +44,6 @@ class Backend:
     discovery_draining: bool = False
     # Gone from its discovery source: drained now, removed once nothing is in flight on it.
     retiring: bool = False
-    liveness: Liveness = field(default_factory=lambda: Liveness(3, 2))
-    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(5, 10.0))
     metrics: BackendMetrics | None = None
     last_poll_ok: float | None = None
     last_error: str = ""
@@ -74,10 +74,7 @@ class Fleet:
     def __init__(self, router: Router, settings: Settings | None = None, *, clock: Clock = time.monotonic) -> None:
         self.router = router
         self.clock = clock
-        self._unhealthy_after = settings.unhealthy_after if settings else 3
-        self._healthy_after = settings.healthy_after if settings else 2
-        self._breaker_failures = settings.breaker_failures if settings else 5
-        self._breaker_cooldown = settings.breaker_cooldown if settings else 10.0
+        self.settings = settings or Settings()  # the health thresholds are defined once, in config
         self._backends: dict[str, Backend] = {}
 
     def add(self, url: str, *, source: str = "static", models: Iterable[str] = (),
@@ -101,8 +98,8 @@ class Fleet:
             source=source,
             models=list(models),
             models_known=bool(models),
-            liveness=Liveness(self._unhealthy_after, self._healthy_after, healthy=healthy),
-            breaker=CircuitBreaker(self._breaker_failures, self._breaker_cooldown, self.clock),
+            liveness=Liveness(self.settings.unhealthy_after, self.settings.healthy_after, healthy=healthy),
+            breaker=CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown, self.clock),
         )
         self._backends[backend.id] = backend
         self.push(backend)
