@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
 DASHBOARD = DEPLOY / "grafana" / "kvroute-dashboard.json"
+# The oldest Kubernetes minor the manifests promise to work on (EKS and GKE both still offer it), and
+# the newest schema the validator ships.
+K8S_VERSIONS = ("1.30.0", "1.37.0")
 SETTINGS_KEYS = frozenset(f.name for f in dataclasses.fields(Settings))
 
 

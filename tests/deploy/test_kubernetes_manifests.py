@@ -11,14 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
+from cluster_model import rendered
 from deploy_support import (
-    DEPLOY, KUBE, SETTINGS_KEYS, containers, env_var_settings_key, manifest_files, objects, yaml_documents,
+    DEPLOY, K8S_VERSIONS, KUBE, SETTINGS_KEYS, containers, env_var_settings_key, manifest_files, objects, yaml_documents,
 )
 from kvroute.config import from_mapping, validate
 
-# The oldest Kubernetes minor the manifests promise to work on (EKS and GKE both still offer it), and
-# the newest schema the validator ships.
-K8S_VERSIONS = ("1.30.0", "1.37.0")
 ALL_MANIFESTS = manifest_files(DEPLOY / "kubernetes") + manifest_files(DEPLOY / "local")
 
 
@@ -253,3 +251,19 @@ def test_discovery_reads_the_slices_the_vllm_service_gets(config, backends):
     by_url = {t.url: t.draining for t in targets.values()}
     # Ready serves, terminating-but-serving drains, not-ready (still loading the model) is left out.
     assert by_url == {"http://10.8.0.11:8000": False, "http://10.8.0.12:8000": True}
+
+
+KUSTOMIZATIONS = sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its built-in kustomize) not installed")
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_kustomize_output_matches_the_kubernetes_schema(folder, version):
+    # The rendered output, not the files: patches (the GPU fleets) and generators (the local Secret)
+    # produce objects that no single file holds.
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = rendered(folder)
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)

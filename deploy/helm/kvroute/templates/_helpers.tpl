@@ -48,3 +48,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kvroute.terminationGracePeriod" -}}
 {{- add (int .Values.preStopSleepSeconds) (int (ceil .Values.gracePeriod)) 5 }}
 {{- end }}
+
+{{- define "kvroute.apiKeysSecretName" -}}
+{{- printf "%s-api-keys" (include "kvroute.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* key=tier,key=tier in key order: the KVROUTE_API_KEY_TIERS format. */}}
+{{- define "kvroute.apiKeyTiers" -}}
+{{- $pairs := list }}
+{{- range $key, $tier := .Values.apiKeyTiers }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $tier) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
