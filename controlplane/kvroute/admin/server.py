@@ -29,6 +29,7 @@ from kvroute.admin.worker_snapshots import summed_in_flight
 from kvroute.config import as_dict, check_admin_exposure, is_loopback
 from kvroute.control.fleet import Backend, Fleet
 from kvroute.control.operator import Conflict, NotFound, OperatorError
+from kvroute.proxy.http import error_object
 
 if TYPE_CHECKING:
     from kvroute._native import Router
@@ -44,7 +45,7 @@ STATUS_PAGE = Path(__file__).with_name("static") / "status.html"
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
     """OpenAI's error shape, like every other error the router returns."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+    return JSONResponse(error_object(message, kind, code),
                         status_code=status, headers=headers)
 
 

@@ -45,9 +45,14 @@ def status_line(status: int) -> bytes:
     return line if line is not None else f"HTTP/1.1 {status} Unknown\r\n".encode()
 
 
+def error_object(message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, typing.Any]:
+    """OpenAI's error object, {"error": {"message", "type", "param", "code"}}: the one builder of it
+    for the proxy's answers, its SSE error events and the admin API."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
-    """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
-    return json.dumps({"error": {"message": message, "type": error_type(status), "param": param, "code": code}}).encode()
+    return json.dumps(error_object(message, error_type(status), code, param)).encode()
 
 
 def response(status: int, body: bytes, headers: list[bytes], keep_alive: bool,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 
+from kvroute.proxy.http import error_object
+
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')
@@ -143,5 +145,4 @@ class StreamScanner:
 
 def error_event(message: str, kind: str, code: str) -> bytes:
     """An SSE event in the shape the OpenAI SDKs raise on, for a stream that cannot be finished."""
-    payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return b"data: " + json.dumps(error_object(message, kind, code)).encode() + b"\n\n"
