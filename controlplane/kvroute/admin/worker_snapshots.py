@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 from prometheus_client.metrics_core import Metric
 
-from kvroute.control.atomic_file import FileKey, file_key, write_atomically
+from kvroute.control.atomic_file import ChangedFile, write_atomically
 from kvroute.workers import run_file, worker_index
 
 if TYPE_CHECKING:
@@ -94,9 +94,9 @@ class WorkerSnapshots:
         self.worker = worker
         self.keep_after_exit = KEEP_AFTER_EXIT_INTERVALS * poll_interval
         self.clock = clock
-        # path -> (its key when read, what it held); a file changes at most once per poll interval,
-        # and worker 0 reads them all on every admin call, on the event loop the proxy runs on.
-        self._read: dict[Path, tuple[FileKey, Snapshot | None]] = {}
+        # path -> (the file, what it held when last read); a file changes at most once per poll
+        # interval, and worker 0 reads them all on every admin call, on the event loop the proxy runs on.
+        self._read: dict[Path, tuple[ChangedFile, Snapshot | None]] = {}
 
     def path(self, worker: int) -> Path:
         return self.prefix.with_name(f"{self.prefix.name}-{worker}-metrics.json")
@@ -123,21 +123,22 @@ class WorkerSnapshots:
 
     def _snapshot(self, path: Path) -> Snapshot | None:
         """The file's snapshot, parsed again only when the file changed; None if gone or unreadable."""
+        cached = self._read.get(path)
+        file = cached[0] if cached is not None else ChangedFile(path)
         try:
-            key = file_key(path)
-            cached = self._read.get(path)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            data = path.read_bytes()
+            data = file.read_if_changed()
         except FileNotFoundError:  # removed between the listing and the read
             self._read.pop(path, None)
             return None
+        if data is None:
+            assert cached is not None  # a file never read is always read
+            return cached[1]
         try:
             snapshot: Snapshot | None = Snapshot.decode(data)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("worker snapshot %s unreadable, ignored: %s", path, exc)
             snapshot = None
-        self._read[path] = (key, snapshot)
+        self._read[path] = (file, snapshot)
         return snapshot
 
 

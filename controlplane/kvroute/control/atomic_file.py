@@ -32,4 +32,32 @@ def file_key(path: Path) -> FileKey:
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
-__all__ = ["FileKey", "file_key", "write_atomically"]
+class ChangedFile:
+    """A file that other hands replace, read again only when its key changed: the one "file changed,
+    re-read it" of the package (discovery's backends file, the shared admin state, worker snapshots)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: FileKey | None = None  # the file as last read or written here; None: never, or gone
+
+    def read_if_changed(self) -> bytes | None:
+        """The file's bytes when it changed since the last read (or was never read); None when not.
+        Raises OSError (FileNotFoundError when absent) and then forgets the file, so it is read
+        again once it comes back."""
+        try:
+            key = file_key(self.path)
+            if key == self.seen:
+                return None
+            data = self.path.read_bytes()
+        except OSError:
+            self.seen = None
+            raise
+        self.seen = key
+        return data
+
+    def written(self) -> None:
+        """This process just wrote the file: no need to read it back."""
+        self.seen = file_key(self.path)
+
+
+__all__ = ["ChangedFile", "FileKey", "file_key", "write_atomically"]

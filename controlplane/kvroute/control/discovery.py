@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, P
 
 import yaml
 
-from kvroute.control.atomic_file import FileKey, file_key
+from kvroute.control.atomic_file import ChangedFile
 from kvroute.control.fleet import Backend, Fleet, backend_id_for
 
 if TYPE_CHECKING:
@@ -153,22 +153,21 @@ class FileDiscovery:
     def __init__(self, path: str | Path, interval: float) -> None:
         self.path = Path(path)
         self.interval = interval
-        self._seen: FileKey | None = None
+        self._file = ChangedFile(self.path)
 
     def _read_if_changed(self) -> dict[str, Target] | None:
+        was_read = self._file.seen is not None
         try:
-            key = file_key(self.path)
+            data = self._file.read_if_changed()
         except OSError as exc:
-            if self._seen is not None:
+            if was_read:
                 log.error("%s: cannot read backends file (%s); keeping the current fleet", self.path, exc)
-            self._seen = None
             return None
-        if key == self._seen:
+        if data is None:
             return None
-        self._seen = key
         try:
-            return parse_backend_file(self.path.read_text(), str(self.path))
-        except (OSError, DiscoveryError) as exc:
+            return parse_backend_file(data.decode(errors="replace"), str(self.path))
+        except DiscoveryError as exc:
             log.error("%s; keeping the current fleet", exc)
             return None
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from kvroute.control.atomic_file import FileKey, file_key, write_atomically
+from kvroute.control.atomic_file import ChangedFile, write_atomically
 from kvroute.control.fleet import backend_id_for
 from kvroute.workers import run_file, worker_index
 
@@ -70,7 +70,7 @@ class SharedAdminState:
         self.path = path
         self.state = AdminState()
         self.applied = 0  # serial of the last document this gateway applied
-        self._seen: FileKey | None = None  # the file as this gateway last read or wrote it
+        self._file = ChangedFile(path) if path is not None else None
 
     # -- recording (worker 0, from the admin API) -------------------------------------------
 
@@ -99,26 +99,24 @@ class SharedAdminState:
     def _publish(self) -> None:
         self.state.serial += 1
         self.applied = self.state.serial  # this gateway made the change itself
-        if self.path is None:
+        if self._file is None:
             return
         data = json.dumps(asdict(self.state), sort_keys=True).encode()
-        write_atomically(self.path, data)  # other workers read it at any moment
-        self._seen = file_key(self.path)
+        write_atomically(self._file.path, data)  # other workers read it at any moment
+        self._file.written()
 
     # -- applying (every worker) ------------------------------------------------------------
 
     def _read(self) -> AdminState | None:
         """The document if it changed since the last read; None when unchanged, absent or unreadable."""
-        if self.path is None:
+        if self._file is None:
             return None
         try:
-            key = file_key(self.path)
-            if key == self._seen:
-                return None
-            data = self.path.read_bytes()
+            data = self._file.read_if_changed()
         except FileNotFoundError:
             return None
-        self._seen = key
+        if data is None:
+            return None
         try:
             return AdminState.parse(data.decode())
         except (ValueError, TypeError) as exc:  # a hand-edited file: keep what we have, say why
