@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "controlplane" / "kvroute"
 
 # Lowest first. A module may import its own layer or lower ones. Prefixes match whole dotted names.
 LAYERS: list[tuple[str, ...]] = [
-    # leaves: the core, the knobs, logging, the worker processes' names and files
-    ("kvroute._native", "kvroute.config", "kvroute.logs", "kvroute.workers", "kvroute.control.atomic_file"),
+    # leaves: the core, the knobs, logging, background loops, the worker processes' names and files
+    ("kvroute._native", "kvroute.config", "kvroute.logs", "kvroute.loops", "kvroute.workers",
+     "kvroute.control.atomic_file"),
     # the wire: HTTP framing, the upstream client pool, SSE scanning (the proxy's and the poller's)
     ("kvroute.proxy.http", "kvroute.proxy.upstream", "kvroute.proxy.sse"),
     # the fleet as the control plane keeps it: discovery, polling, health, circuit breakers

@@ -26,7 +26,6 @@ are named after the supervisor process, so a later run never reads an earlier ru
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import operator
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from prometheus_client.metrics_core import Metric
 
 from kvroute.control.atomic_file import ChangedFile, write_atomically
+from kvroute.loops import every
 from kvroute.workers import run_file, worker_index
 
 if TYPE_CHECKING:
@@ -153,12 +153,7 @@ def for_worker(settings: Any, environ: Mapping[str, str] = os.environ) -> Worker
 async def write_forever(snapshots: WorkerSnapshots, take: Callable[[], Snapshot], interval: float) -> None:
     """A worker but 0 of `serve --workers N`: write this worker's snapshot every interval until
     cancelled (the gateway writes a last one after its proxy drained)."""
-    while True:
-        try:
-            snapshots.write(take())
-        except Exception:  # a full disk must not stop the worker; the next round tries again
-            log.exception("writing this worker's metrics snapshot failed")
-        await asyncio.sleep(interval)
+    await every(interval, lambda: snapshots.write(take()), log, "writing this worker's metrics snapshot")
 
 
 def merge_families(local: Iterable[Metric], others: Sequence[Snapshot]) -> Iterator[Metric]:

@@ -22,6 +22,7 @@ import yaml
 
 from kvroute.control.atomic_file import ChangedFile
 from kvroute.control.fleet import Backend, Fleet, backend_id_for
+from kvroute.loops import every
 
 if TYPE_CHECKING:
     from kvroute.config import Settings
@@ -172,11 +173,12 @@ class FileDiscovery:
             return None
 
     async def run(self, apply: Apply) -> None:
-        while True:
+        def step() -> None:
             targets = self._read_if_changed()
             if targets is not None:
                 apply(targets)
-            await asyncio.sleep(self.interval)
+
+        await every(self.interval, step, log, f"reading backends file {self.path}")
 
 
 async def resolve_addresses(name: str) -> list[str]:
@@ -200,14 +202,15 @@ class DnsDiscovery:
         self.scheme = scheme
 
     async def run(self, apply: Apply) -> None:
-        while True:
+        async def step() -> None:
             try:
                 addresses = await self.resolver(self.name)
             except OSError as exc:
                 log.warning("DNS lookup of %s failed (%s); keeping the current fleet", self.name, exc)
             else:
                 apply(_targets(Target(_url(address, self.port, self.scheme)) for address in addresses))
-            await asyncio.sleep(self.interval)
+
+        await every(self.interval, step, log, f"DNS discovery of {self.name}")
 
 
 def targets_from_slices(slices: Iterable[Mapping[str, Any]], port_name: str, default_port: int) -> dict[str, Target]:

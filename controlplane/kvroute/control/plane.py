@@ -81,18 +81,9 @@ class ControlPlane:
                 log.warning("%s discovery has not answered yet; starting without it", self.source.source)
         if self.shared.path is not None:
             await self.shared.refresh()  # what the admin API changed before this process started
-            self._spawn(self._follow_admin_state(), "admin state")
+            self._spawn(self.shared.run(self.settings.poll_interval), "admin state")
         await self.poller.poll_once()
-        self._spawn(self._poll_forever(), "poller")
-
-    async def _poll_forever(self) -> None:
-        assert self.poller is not None
-        await asyncio.sleep(self.poller.interval)
-        await self.poller.run()
-
-    async def _follow_admin_state(self) -> None:
-        await asyncio.sleep(self.settings.poll_interval)
-        await self.shared.run(self.settings.poll_interval)
+        self._spawn(self.poller.run(), "poller")  # the first round after one interval: one was just done
 
     async def add_backend(self, url: str, source: str = "admin") -> Backend:
         """Add a backend and poll it once before returning, so the caller sees its real state."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kvroute.control.fleet import Backend, Fleet
 from kvroute.control.health import CircuitState, ProbeVerdict, probe_verdict
 from kvroute.control.metrics import MetricsParseError, counters_reset, parse_metrics
+from kvroute.loops import every
 from kvroute.proxy.upstream import UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
@@ -192,12 +193,7 @@ class Poller:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except Exception:  # a bug in one round must not stop polling for good
-                log.exception("poll round failed")
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.poll_once, log, "poll round", sleep_first=True)
 
 
 __all__ = ["Poller", "PollErrorSink", "PollFailed", "parse_models"]

@@ -16,7 +16,6 @@ carries the serial of the change that made it and is applied once per worker.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from kvroute.control.atomic_file import ChangedFile, write_atomically
 from kvroute.control.fleet import backend_id_for
+from kvroute.loops import every
 from kvroute.workers import run_file, worker_index
 
 if TYPE_CHECKING:
@@ -152,12 +152,8 @@ class SharedAdminState:
             self.applied = state.serial
 
     async def run(self, interval: float) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # one bad document must not stop the worker from taking the next
-                log.exception("applying the admin state failed")
-            await asyncio.sleep(interval)
+        """Follow the file until cancelled; one bad document does not stop the worker taking the next."""
+        await every(interval, self.refresh, log, "applying the admin state", sleep_first=True)
 
 
 __all__ = ["AdminState", "SharedAdminState", "state_path"]

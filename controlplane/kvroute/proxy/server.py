@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from kvroute.loops import every
 from kvroute.proxy import http
 from kvroute.proxy.relay import Dispatcher
 from kvroute.proxy.request import Request
@@ -303,8 +304,8 @@ class ProxyServer:
         settings = self.settings
         idle_timeout, read_timeout = settings.keepalive_timeout, settings.request_read_timeout
         period = min(5.0, max(min(idle_timeout, read_timeout) / 4, 0.05))
-        while True:
-            await asyncio.sleep(period)
+
+        def sweep() -> None:
             now = self.loop.time()
             for conn in list(self.connections):
                 if conn.task is not None:
@@ -314,6 +315,8 @@ class ProxyServer:
                                      f"({read_timeout:g} s)", "request_timeout")
                 elif conn.last_active < now - idle_timeout:
                     conn.close()
+
+        await every(period, sweep, log, "idle sweep", sleep_first=True)
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting; let in-flight requests finish for up to `grace_s`; then cut the rest off
