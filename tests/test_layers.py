@@ -32,9 +32,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("kvroute.cli", "kvroute.demo"),
 ]
 TOP = len(LAYERS) - 1
-# Beside the layers: the simulator, the load generator and the reference model use none of the
-# router; only the top layer (cli, demo) starts them.
-APART = ("kvroute.sim", "kvroute.loadgen", "kvroute.reference", "kvroute")
+# Beside the layers: the simulator, the load generator (and the clients' SSE splitter) and the
+# reference model use none of the router; only the top layer (cli, demo) starts them.
+APART = ("kvroute.sim", "kvroute.loadgen", "kvroute.sse_lines", "kvroute.reference", "kvroute")
 
 
 def module_name(path: Path) -> str:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence, TextIO
 
 import aiohttp
 
+from kvroute.sse_lines import EventSplitter, data_payloads
+
 Endpoint = Literal["chat", "completions"]
 _PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 BACKEND_HEADER = "x-kvroute-backend"
@@ -115,21 +117,13 @@ async def send_one(
                 result.error = f"HTTP {resp.status}: {_error_message(await resp.read())}"
                 result.e2e_s = time.perf_counter() - due
                 return result
-            buffer = b""
+            splitter = EventSplitter()
             done = False
             # iter_any hands over whatever arrived; splitting events ourselves costs one await per
             # network read instead of one per line, which matters with 64 streams on two cores.
             async for data in resp.content.iter_any():
-                buffer += data
-                while True:
-                    cut = buffer.find(b"\n\n")
-                    if cut < 0:
-                        break
-                    event, buffer = buffer[:cut], buffer[cut + 2:]
-                    for line in event.split(b"\n"):
-                        if not line.startswith(b"data:"):
-                            continue
-                        payload = line[5:].strip()
+                for event in splitter.feed(data):
+                    for payload in data_payloads(event):
                         if payload == b"[DONE]":
                             done = True
                             continue

@@ -9,6 +9,7 @@ import signal
 import httpx
 
 from kvroute.sim import SimFleet
+from kvroute.sse_lines import split_events
 
 from .helpers import (Exchange, base, chat_body, eventually, in_flight, raw_post, running_gateway, serve_process,
                       trickle)
@@ -17,7 +18,8 @@ JSON = {"content-type": "application/json"}
 
 
 def sse_payloads(body: bytes) -> list[str]:
-    return [event.removeprefix("data: ") for event in body.decode().split("\n\n") if event]
+    events, rest = split_events(body)
+    return [event.decode().removeprefix("data: ") for event in [*events, rest] if event]
 
 
 async def test_refused_connections_cost_the_client_nothing() -> None:

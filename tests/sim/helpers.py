@@ -13,15 +13,17 @@ from typing import Any
 import aiohttp
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from kvroute.sse_lines import split_events
+
 
 async def sse_events(resp: aiohttp.ClientResponse) -> list[Any]:
     """Parse an SSE body into JSON events (and the literal "[DONE]")."""
-    raw = (await resp.read()).decode()
-    assert raw.endswith("\n\n")
+    frames, rest = split_events(await resp.read())
+    assert frames and rest == b""  # a whole stream: ends with a blank line
     out: list[Any] = []
-    for frame in raw.split("\n\n")[:-1]:
-        assert frame.startswith("data: "), frame
-        payload = frame[len("data: "):]
+    for frame in frames:
+        assert frame.startswith(b"data: "), frame
+        payload = frame[len(b"data: "):].decode()
         out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
 

@@ -20,6 +20,8 @@ import time
 
 import aiohttp
 
+from kvroute.sse_lines import EventSplitter, data_payloads
+
 
 class _StreamClient(asyncio.Protocol):
     """A minimal streaming client (a callback per received segment, no task per chunk), so the
@@ -27,21 +29,26 @@ class _StreamClient(asyncio.Protocol):
 
     def __init__(self, request: bytes, t0: float, ttfts: list[float], finished: asyncio.Future[bool]) -> None:
         self.request, self.t0, self.ttfts, self.finished = request, t0, ttfts, finished
-        self.tail = b""
+        # The bytes as received, chunked framing included: the chunk-size lines between events are
+        # not `data:` lines, so they drop out of the payloads.
+        self.events = EventSplitter()
+        self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        # The role chunk goes out before any token; TTFT is the first content delta.
-        if self.t0 and b'"delta":{"content"' in data:
-            self.ttfts.append(time.perf_counter() - self.t0)
-            self.t0 = 0.0
-        self.tail = (self.tail + data)[-64:]
+        for event in self.events.feed(data):
+            # The role chunk goes out before any token; TTFT is the first content delta.
+            if self.t0 and b'"delta":{"content"' in event:
+                self.ttfts.append(time.perf_counter() - self.t0)
+                self.t0 = 0.0
+            if b"[DONE]" in data_payloads(event):
+                self.done = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.finished.done():
-            self.finished.set_result(b"data: [DONE]" in self.tail)
+            self.finished.set_result(self.done)
 
 
 def _cpu_times(pid: int) -> tuple[float, float]:
