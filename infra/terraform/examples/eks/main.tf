@@ -10,11 +10,29 @@ terraform {
       source  = "hashicorp/aws"
       version = ">= 5.80, < 7.0"
     }
+    helm = {
+      source  = "hashicorp/helm"
+      version = ">= 2.12, < 3.0"
+    }
   }
 }
 
 provider "aws" {
   region = var.region
+}
+
+# The module installs the NVIDIA device plugin and the Cluster Autoscaler with Helm, into the cluster it
+# creates; the token comes from the AWS CLI of whoever runs terraform.
+provider "helm" {
+  kubernetes {
+    host                   = module.cluster.endpoint
+    cluster_ca_certificate = base64decode(module.cluster.ca_certificate)
+    exec {
+      api_version = "client.authentication.k8s.io/v1beta1"
+      command     = "aws"
+      args        = ["eks", "get-token", "--cluster-name", module.cluster.cluster_name, "--region", var.region]
+    }
+  }
 }
 
 data "aws_availability_zones" "available" {

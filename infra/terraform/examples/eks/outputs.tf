@@ -1,5 +1,5 @@
 output "update_kubeconfig_command" {
-  description = "Run this, install the NVIDIA device plugin (README), then follow docs/deployment.md section 2."
+  description = "Run this, then follow docs/deployment.md section 2 (the module installed the NVIDIA device plugin)."
   value       = module.cluster.update_kubeconfig_command
 }
 

@@ -17,9 +17,8 @@ variable "vpc_cidr" {
 }
 
 variable "public_access_cidrs" {
-  description = "CIDRs allowed to reach the Kubernetes API."
+  description = "CIDRs allowed to reach the Kubernetes API (your office, VPN or CI); no default, so that nobody opens it to 0.0.0.0/0 by accident."
   type        = list(string)
-  default     = ["0.0.0.0/0"]
 }
 
 variable "gpu_max_nodes" {

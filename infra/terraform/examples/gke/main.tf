@@ -31,4 +31,6 @@ module "cluster" {
   gpu_machine_type = local.gpu_pool.machine_type
   gpu_max_nodes    = var.gpu_max_nodes
   labels           = { app = "kvroute" }
+
+  master_authorized_cidrs = var.master_authorized_cidrs
 }

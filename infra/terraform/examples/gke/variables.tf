@@ -37,3 +37,8 @@ variable "gpu" {
     error_message = "gpu must be t4, l4 or h100."
   }
 }
+
+variable "master_authorized_cidrs" {
+  description = "CIDRs allowed to reach the Kubernetes API (your office, VPN or CI)."
+  type        = list(string)
+}

@@ -1,7 +1,6 @@
 # An EKS cluster with a CPU node group (kvroute, monitoring, kube-system) and a GPU node group for vLLM
-# on an EKS-optimised NVIDIA AMI (drivers and container toolkit preinstalled). With the AL2023 NVIDIA
-# AMI the NVIDIA device plugin still has to run before pods can request nvidia.com/gpu: see
-# infra/terraform/README.md (the Bottlerocket NVIDIA AMI ships it built in).
+# on an EKS-optimised NVIDIA AMI (drivers and container toolkit preinstalled). addons.tf installs the
+# NVIDIA device plugin and the Cluster Autoscaler; irsa.tf the OIDC provider they authenticate with.
 
 resource "aws_eks_cluster" "this" {
   name     = var.cluster_name
@@ -16,13 +15,33 @@ resource "aws_eks_cluster" "this" {
     public_access_cidrs     = var.public_access_cidrs
   }
 
+  # Every control-plane log type goes to CloudWatch (/aws/eks/<cluster>/cluster).
+  enabled_cluster_log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+
+  # Secrets (the admin token, API keys, the Hugging Face token) envelope-encrypted with a KMS key.
+  encryption_config {
+    resources = ["secrets"]
+    provider {
+      key_arn = aws_kms_key.secrets.arn
+    }
+  }
+
   # Access entries instead of the aws-auth ConfigMap; whoever applies this becomes cluster admin.
   access_config {
     authentication_mode                         = "API"
     bootstrap_cluster_creator_admin_permissions = true
   }
 
-  depends_on = [aws_iam_role_policy_attachment.cluster]
+  depends_on = [aws_iam_role_policy_attachment.cluster, aws_cloudwatch_log_group.cluster]
+}
+
+# Created before the cluster so that retention applies from the first log line (EKS would create it
+# with no expiry).
+resource "aws_cloudwatch_log_group" "cluster" {
+  name              = "/aws/eks/${var.cluster_name}/cluster"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.secrets.arn
+  tags              = var.tags
 }
 
 resource "aws_eks_node_group" "system" {

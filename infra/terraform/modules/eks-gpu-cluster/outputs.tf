@@ -33,3 +33,8 @@ output "update_kubeconfig_command" {
   description = "Writes a kubeconfig entry for the cluster (region from the provider's configuration)."
   value       = "aws eks update-kubeconfig --name ${aws_eks_cluster.this.name} --region ${data.aws_region.current.name}"
 }
+
+output "oidc_provider_arn" {
+  description = "IAM OIDC provider of the cluster, for further IAM roles for service accounts."
+  value       = aws_iam_openid_connect_provider.cluster.arn
+}

@@ -27,9 +27,8 @@ variable "endpoint_public_access" {
 }
 
 variable "public_access_cidrs" {
-  description = "CIDRs allowed to reach the public API endpoint; narrow this to your office or CI."
+  description = "CIDRs allowed to reach the public API endpoint (your office, VPN or CI); required, so that it is never 0.0.0.0/0 by default."
   type        = list(string)
-  default     = ["0.0.0.0/0"]
 }
 
 variable "system_instance_types" {
@@ -116,4 +115,22 @@ variable "gpu_label" {
     condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", var.gpu_label))
     error_message = "gpu_label must be a valid Kubernetes label value in lower case."
   }
+}
+
+variable "log_retention_days" {
+  description = "Days CloudWatch keeps the control-plane logs."
+  type        = number
+  default     = 365
+}
+
+variable "nvidia_device_plugin_version" {
+  description = "Version of NVIDIA's nvidia-device-plugin Helm chart (not installed on Bottlerocket, which has it built in)."
+  type        = string
+  default     = "0.17.1"
+}
+
+variable "cluster_autoscaler_chart_version" {
+  description = "Version of the cluster-autoscaler Helm chart; its app version should match kubernetes_version's minor."
+  type        = string
+  default     = "9.46.6"
 }

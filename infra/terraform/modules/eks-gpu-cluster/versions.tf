@@ -7,5 +7,10 @@ terraform {
       # access_config and the AL2023 NVIDIA AMI type are accepted from 5.x on.
       version = ">= 5.80, < 7.0"
     }
+    helm = {
+      source = "hashicorp/helm"
+      # 2.x: the `kubernetes { }` block syntax the examples configure it with.
+      version = ">= 2.12, < 3.0"
+    }
   }
 }

@@ -45,6 +45,70 @@ resource "google_container_cluster" "this" {
   workload_identity_config {
     workload_pool = "${var.project_id}.svc.id.goog"
   }
+
+  # Dataplane V2 (eBPF) enforces NetworkPolicy: the policies in deploy/kubernetes that keep everything
+  # but the router away from vLLM depend on it.
+  datapath_provider = "ADVANCED_DATAPATH"
+
+  # Nodes get no public IP (images and weights come through Cloud NAT, below); the control plane's
+  # endpoint stays reachable from master_authorized_cidrs only.
+  private_cluster_config {
+    enable_private_nodes    = var.private_nodes
+    enable_private_endpoint = false
+  }
+
+  master_authorized_networks_config {
+    dynamic "cidr_blocks" {
+      for_each = var.master_authorized_cidrs
+      content {
+        cidr_block   = cidr_blocks.value
+        display_name = "authorized-${cidr_blocks.key}"
+      }
+    }
+  }
+
+  # Client certificates are a static credential nobody can revoke; Google identities only.
+  master_auth {
+    client_certificate_config {
+      issue_client_certificate = false
+    }
+  }
+
+  # Secrets (the admin token, API keys, the Hugging Face token) encrypted with your Cloud KMS key on
+  # top of Google's default encryption, when one is given.
+  database_encryption {
+    state    = var.secrets_kms_key == "" ? "DECRYPTED" : "ENCRYPTED"
+    key_name = var.secrets_kms_key == "" ? null : var.secrets_kms_key
+  }
+
+  # Control-plane logs (API server, scheduler, controller manager) next to the workloads' logs.
+  logging_config {
+    enable_components = ["SYSTEM_COMPONENTS", "APISERVER", "CONTROLLER_MANAGER", "SCHEDULER", "WORKLOADS"]
+  }
+}
+
+# Private nodes reach Docker Hub (the vLLM image) and Hugging Face (weights) through NAT.
+resource "google_compute_router" "nat" {
+  count   = var.private_nodes ? 1 : 0
+  name    = "${var.cluster_name}-nat"
+  project = var.project_id
+  region  = var.region
+  network = var.network
+}
+
+resource "google_compute_router_nat" "nat" {
+  count                              = var.private_nodes ? 1 : 0
+  name                               = "${var.cluster_name}-nat"
+  project                            = var.project_id
+  region                             = var.region
+  router                             = google_compute_router.nat[0].name
+  nat_ip_allocate_option             = "AUTO_ONLY"
+  source_subnetwork_ip_ranges_to_nat = "ALL_SUBNETWORKS_ALL_IP_RANGES"
+
+  log_config {
+    enable = true
+    filter = "ERRORS_ONLY"
+  }
 }
 
 resource "google_container_node_pool" "system" {
@@ -63,6 +127,12 @@ resource "google_container_node_pool" "system" {
 
     workload_metadata_config {
       mode = "GKE_METADATA"
+    }
+
+    # Verified boot chain; GKE's NVIDIA drivers are signed, so GPU nodes boot with it too.
+    shielded_instance_config {
+      enable_secure_boot          = true
+      enable_integrity_monitoring = true
     }
   }
 
@@ -110,6 +180,12 @@ resource "google_container_node_pool" "gpu" {
 
     workload_metadata_config {
       mode = "GKE_METADATA"
+    }
+
+    # Verified boot chain; GKE's NVIDIA drivers are signed, so GPU nodes boot with it too.
+    shielded_instance_config {
+      enable_secure_boot          = true
+      enable_integrity_monitoring = true
     }
   }
 

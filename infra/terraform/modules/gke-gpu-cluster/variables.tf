@@ -128,3 +128,21 @@ variable "gpu_label" {
     error_message = "gpu_label must be a valid Kubernetes label value in lower case."
   }
 }
+
+variable "private_nodes" {
+  description = "Nodes without public IPs, with Cloud NAT for image and model downloads."
+  type        = bool
+  default     = true
+}
+
+variable "master_authorized_cidrs" {
+  description = "CIDRs allowed to reach the control plane's endpoint (your office, VPN or CI); empty: none from outside Google Cloud."
+  type        = list(string)
+  default     = []
+}
+
+variable "secrets_kms_key" {
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts Secrets in etcd; empty: Google's default encryption only."
+  type        = string
+  default     = ""
+}
