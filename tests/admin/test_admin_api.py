@@ -11,6 +11,7 @@ import pytest
 
 from kvroute.config import ConfigError, Settings
 from kvroute.gateway import Gateway
+from tests.admin.shedding import shed_one_low
 from tests.control.support import chat, full_gateway, wait_until
 
 TOKEN = "s3cret-token"
@@ -195,8 +196,8 @@ async def test_stats_metrics_and_docs(sims):
     async with full_gateway(backend=sims.urls) as gateway, httpx.AsyncClient(timeout=30) as client:
         base = admin_url(gateway)
         await send(client, gateway, 2)
-        gateway.observer.request_done("sim-model", bid(sims.urls[0]), 200, "normal", 0.05, 0.2, "round_robin")
-        gateway.observer.shed("low")
+        gateway.observer.request_done("sim-model", bid(sims.urls[0]), 200, "normal", 0.05, 0.2)
+        shed_one_low(gateway.router, "sim-model")
         await sims.set_fault(1, "metrics_fail")
         await wait_until(lambda: gateway.fleet.get(bid(sims.urls[1])).stale, "a poll error")
         stats = (await client.get(base + "/admin/stats")).json()

@@ -19,11 +19,20 @@ from kvroute.admin.worker_snapshots import Snapshot, WorkerSnapshots, for_worker
 from kvroute.config import Settings
 from kvroute.control.fleet import Fleet
 from kvroute.workers import WORKER_ENV, remove_run_files
+from tests.admin.shedding import shed_one_low
 
 
 def samples(page: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(page.decode()) for s in family.samples}
+
+
+def with_core() -> tuple[Observer, Router]:
+    """An Observer over a real core with one backend serving model m (the core counts the sheds)."""
+    router = Router("round_robin")
+    fleet = Fleet(router)
+    fleet.add("http://127.0.0.1:9", models=["m"])
+    return Observer(fleet), router
 
 
 def worker(observer: Observer, index: int) -> Snapshot:
@@ -41,12 +50,12 @@ def dead_pid() -> int:
 
 
 def test_counters_and_histograms_add_up_series_by_series(tmp_path):
-    zero, one = Observer(), Observer()
-    zero.request_done("m", "a:1", 200, "normal", 0.02, 0.3, "round_robin")
-    zero.request_done("m", "a:1", 200, "normal", 0.2, 7.0, "round_robin")
-    one.request_done("m", "a:1", 200, "normal", 0.04, 0.3, "round_robin")
+    (zero, _), (one, one_core) = with_core(), with_core()
+    zero.request_done("m", "a:1", 200, "normal", 0.02, 0.3)
+    zero.request_done("m", "a:1", 200, "normal", 0.2, 7.0)
+    one.request_done("m", "a:1", 200, "normal", 0.04, 0.3)
     one.request_done("m", "b:2", 503, "low", None, 0.001)  # a series worker 0 has never seen
-    one.shed("low")
+    shed_one_low(one_core)
     files(tmp_path, 1).write(worker(one, 1))
     zero.peers = files(tmp_path, 0)
 

@@ -56,7 +56,7 @@ async def test_streamed_chat_arrives_byte_for_byte(scripted) -> None:
             body = await response.aread()
         assert body == b"".join(SSE_EVENTS) + USAGE_EVENT + DONE
         assert in_flight(gw) == 0
-        assert gw.observer.ttft_count == 2  # first content seen in both streams, reported as TTFT
+        assert gw.observer.totals()["ttft_count"] == 2  # first content seen in both streams, reported as TTFT
 
 
 async def test_non_streamed_returns_backend_json(scripted) -> None:

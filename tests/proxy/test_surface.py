@@ -135,7 +135,7 @@ async def test_debug_headers_name_backend_and_branch(scripted) -> None:
         response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
         assert response.headers["x-kvroute-backend"] == gw.fleet.all()[0].id
         assert response.headers["x-kvroute-branch"]
-        assert gw.observer.requests_total == 1  # the admin API's metrics saw it
+        assert gw.observer.totals()["requests_total"] == 1  # the admin API's metrics saw it
 
 
 async def test_embeddings_and_responses_are_passed_through(scripted) -> None:

@@ -1,8 +1,9 @@
 """The router's own Prometheus metrics, and the small recording API the data plane calls.
 
-Counters and histograms record events (the proxy calls `request_done`, `shed`, `queued`, `retry`; the
-poller calls `poll_error`). Backend state (health, circuit, load) is not recorded at all: a collector
-reads the fleet at scrape time, so a removed backend's series disappear with it and nothing can drift.
+Counters and histograms record events (the proxy calls `request_done` and `retry`; the poller calls
+`poll_error`). What the native core already counts (decisions by branch, sheds and queued requests
+by tier) and backend state (health, circuit, load) are not recorded here at all: collectors read the
+core and the fleet at scrape time, so nothing is counted twice and nothing can drift.
 Each Observer has its own registry: no process-global state, several gateways can share a process.
 With `serve --workers N`, worker 0's Observer also reads the other workers' snapshots (`peers`) and
 renders and totals the whole router (kvroute.admin.worker_snapshots).
@@ -15,13 +16,15 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kvroute import BRANCHES
 from kvroute.admin.worker_snapshots import (SUMMED_TOTALS, RouterWideCollector, Snapshot, WorkerSnapshots,
                                             summed_totals)
 
 if TYPE_CHECKING:
+    from kvroute._native import Router
     from kvroute.control.fleet import Fleet
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -64,6 +67,36 @@ class FleetCollector(Collector):
             yield family
 
 
+class CoreCounters(Collector):
+    """The core's decision counters as Prometheus counters, read from `Router.snapshot()` at scrape
+    time: decisions by policy branch, requests refused by admission (shed or queue full) and requests
+    queued, by tier."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (CounterMetricFamily("kvroute_decisions", "Routing decisions, by the policy branch that made them",
+                                    labels=["branch"]),
+                CounterMetricFamily("kvroute_shed", "Requests refused by admission control, by tier", labels=["tier"]),
+                CounterMetricFamily("kvroute_queued", "Requests held in the router's wait queue, by tier",
+                                    labels=["tier"]))
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return list(self._families())
+
+    def collect(self) -> list[CounterMetricFamily]:
+        snapshot = self.router.snapshot()
+        decisions, shed, queued = self._families()
+        for branch, count in snapshot["branches"].items():
+            if branch in BRANCHES:  # the core counts its refusals there too, by reason
+                decisions.add_metric([branch], count)
+        for tier, counts in snapshot["tiers"].items():
+            shed.add_metric([tier], counts["shed"] + counts["queue_full"])
+            queued.add_metric([tier], counts["queued"])
+        return [decisions, shed, queued]
+
+
 class _Children:
     """Memoised `metric.labels(...)`: prometheus_client validates and locks on every labels() call
     (about 3 µs each, measured 15 µs per request in all), while the data plane asks for the same few
@@ -90,56 +123,34 @@ class Observer:
                               ["backend"], buckets=LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("kvroute_e2e_seconds", "End-to-end request latency seen by the router, per backend",
                              ["backend"], buckets=LATENCY_BUCKETS, registry=r)
-        self.decisions = Counter("kvroute_decisions", "Routing decisions, by the policy branch that made them",
-                                 ["branch"], registry=r)
-        self.shed_count = Counter("kvroute_shed", "Requests refused by admission control, by tier", ["tier"],
-                                  registry=r)
-        self.queued_count = Counter("kvroute_queued", "Requests held in the router's wait queue, by tier",
-                                    ["tier"], registry=r)
         self.retries = Counter("kvroute_retries", "Upstream attempts retried on another backend, by the failed one",
                                ["backend"], registry=r)
         self.poll_errors = Counter("kvroute_poll_errors", "Failed backend polls, by backend and kind "
                                    "(connect, timeout, http_status, parse, stale)", ["backend", "kind"], registry=r)
+        # What adds up over workers; the fleet gauges come from polling, the same in every worker.
+        self.recorded: tuple[Collector, ...] = (self.requests, self.ttft, self.e2e, self.retries, self.poll_errors)
         if fleet is not None:
             r.register(FleetCollector(fleet))
-        # What adds up over workers; the fleet gauges come from polling, the same in every worker.
-        self.recorded = (self.requests, self.ttft, self.e2e, self.decisions, self.shed_count, self.queued_count,
-                         self.retries, self.poll_errors)
+            core = CoreCounters(fleet.router)
+            r.register(core)
+            self.recorded += (core,)
         self._recorded_names = {family.name for metric in self.recorded for family in metric.describe()}
         # Worker 0 of `serve --workers N`: the other workers' snapshot files (set by the admin API).
         self.peers: WorkerSnapshots | None = None
-        self._requests, self._decisions = _Children(self.requests), _Children(self.decisions)
+        self._requests = _Children(self.requests)
         self._ttft, self._e2e = _Children(self.ttft), _Children(self.e2e)
-        # Plain running totals for the status page's charts (it differentiates them itself).
         self.started = time.time()
-        self.requests_total = 0
-        self.errors_total = 0
-        self.ttft_sum = 0.0
-        self.ttft_count = 0
 
     def request_done(self, model: str, backend: str, status: int | str, priority: str,
-                     ttft_s: float | None, e2e_s: float | None, branch: str | None = None) -> None:
+                     ttft_s: float | None, e2e_s: float | None) -> None:
         """One client request finished (any outcome). backend "" when none was chosen; ttft_s None when
         no token came back."""
         backend = backend or "none"
         self._requests(model, backend, str(status), priority).inc()
-        if branch:
-            self._decisions(branch).inc()
         if ttft_s is not None:
             self._ttft(backend).observe(ttft_s)
-            self.ttft_sum += ttft_s
-            self.ttft_count += 1
         if e2e_s is not None:
             self._e2e(backend).observe(e2e_s)
-        self.requests_total += 1
-        if not str(status).startswith("2"):
-            self.errors_total += 1
-
-    def shed(self, tier: str) -> None:
-        self.shed_count.labels(tier).inc()
-
-    def queued(self, tier: str) -> None:
-        self.queued_count.labels(tier).inc()
 
     def retry(self, backend: str) -> None:
         self.retries.labels(backend).inc()
@@ -148,13 +159,23 @@ class Observer:
         self.poll_errors.labels(backend, kind).inc()
 
     def totals(self) -> dict[str, float]:
-        return {
-            "uptime_s": time.time() - self.started,
-            "requests_total": self.requests_total,
-            "errors_total": self.errors_total,
-            "ttft_sum_s": self.ttft_sum,
-            "ttft_count": self.ttft_count,
-        }
+        """Running totals for the status page's charts (it differentiates them itself), added up from
+        the collectors at read time: no second count beside them."""
+        requests = errors = 0
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    requests += int(sample.value)
+                    errors += 0 if sample.labels["status"].startswith("2") else int(sample.value)
+        ttft_sum, ttft_count = 0.0, 0
+        for family in self.ttft.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    ttft_sum += sample.value
+                elif sample.name.endswith("_count"):
+                    ttft_count += int(sample.value)
+        return {"uptime_s": time.time() - self.started, "requests_total": requests, "errors_total": errors,
+                "ttft_sum_s": ttft_sum, "ttft_count": ttft_count}
 
     def others(self) -> list[Snapshot]:
         """The other workers' latest numbers; none in a router of one process."""

@@ -172,7 +172,7 @@ class Dispatcher:
                 if cut_off and not status:
                     status = 499 if conn.closed else 503
                 self.observer.request_done(req.model, req.backend, status, req.priority, req.ttft,
-                                           self.loop.time() - started, req.branch or None)
+                                           self.loop.time() - started)
 
     async def _forward(self, conn: Client, req: Request, endpoint: Endpoint, rid: bytes) -> None:
         ctype = req.header(b"content-type")
@@ -199,8 +199,6 @@ class Dispatcher:
         while True:
             req.model = decision.model
             if isinstance(decision, Queued):
-                if self.observer is not None and not excluded:
-                    self.observer.queued(priority)
                 woken = await self._wait_turn(decision)
                 if woken is None:
                     return self._error(conn, req, 503, f"waited in the {priority} queue past queue_timeout",
@@ -212,7 +210,7 @@ class Dispatcher:
                     return self._fail(conn, req, failure, rid)
                 return self._rejected(conn, req, decision, rid)
             assert isinstance(decision, Routed)
-            req.backend, req.branch = decision.backend_id, decision.branch
+            req.backend = decision.backend_id
             if payload is None:
                 payload = ask_for_usage(req.body) if decision.stream and endpoint != "embeddings" else (req.body, False)
             failure = await self._attempt(conn, req, rid, decision, payload)
@@ -498,8 +496,6 @@ class Dispatcher:
         retry_after = [b"retry-after: %d\r\n" % max(1, math.ceil(rejected.retry_after_s))]
         if reason == "no_backend":
             return self._error(conn, req, 503, message, "no_backend", rid=rid, extra=retry_after)
-        if self.observer is not None:
-            self.observer.shed(rejected.tier)
         text = f"{message} (tier {rejected.tier})" if rejected.tier not in message else message
         self._error(conn, req, 429, text, "overloaded" if reason == "shed" else reason, rid=rid, extra=retry_after)
 

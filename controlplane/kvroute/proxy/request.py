@@ -7,7 +7,7 @@ from typing import Protocol
 
 class Request:
     __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11", "reject",
-                 "status", "streaming", "backend", "branch", "model", "ttft", "priority")
+                 "status", "streaming", "backend", "model", "ttft", "priority")
 
     def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                  keep_alive: bool, http11: bool, reject: int) -> None:
@@ -22,9 +22,8 @@ class Request:
         self.reject = reject  # a status decided while parsing (413), 0 if none
         self.status = 0  # the status sent to the client, 0 while nothing was sent
         self.streaming = False  # ... and the body is an open chunked stream
-        # For the record (admin metrics): where the request went, why, for which model, its TTFT.
+        # For the record (admin metrics): where the request went, for which model, its TTFT.
         self.backend = ""
-        self.branch = ""
         self.model = ""
         self.ttft: float | None = None
         self.priority = "normal"
