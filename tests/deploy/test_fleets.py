@@ -131,3 +131,18 @@ def test_only_the_gateway_and_prometheus_reach_vllm():
     # Every pod rule selects the gateway's pods and no others (a selector they all carry).
     assert pods and all(sel.items() <= gateway_labels.items() and "app.kubernetes.io/component" in sel for sel in pods)
     assert namespaces == [{"kubernetes.io/metadata.name": "monitoring"}]
+
+
+@pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
+def test_the_gateway_counts_blocks_of_the_fleets_size(fleet):
+    import yaml
+
+    from kvroute.config import Settings, from_mapping
+
+    configmap = {(d["kind"], d["metadata"]["name"]): d for d in rendered(KUBE)}["ConfigMap", "kvroute-config"]
+    settings = from_mapping(yaml.safe_load(configmap["data"]["kvroute.yaml"]), "configmap")
+    (server,) = containers(_vllm(fleet))
+    (block_size,) = [a.split("=", 1)[1] for a in server["args"] if a.startswith("--block-size=")]
+    assert settings.block_tokens == int(block_size)
+    # The Helm chart leaves block_tokens to Settings' default unless `config` sets it.
+    assert Settings().block_tokens == int(block_size)
