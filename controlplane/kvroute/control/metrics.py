@@ -88,20 +88,33 @@ def _first(sums: dict[str, list[float]], names: tuple[str, ...]) -> list[float] 
     return None
 
 
+# The core takes counts as u64: a larger (or negative) one is not a reading, it is garbage.
+_MAX_COUNT = 2**64 - 1
+
+
+def _in_range(count: int) -> int | None:
+    return count if 0 <= count <= _MAX_COUNT else None
+
+
 def _total(sums: dict[str, list[float]], names: tuple[str, ...]) -> float | None:
     values = _first(sums, names)
-    return math.fsum(values) if values else None
+    if not values:
+        return None
+    try:
+        return math.fsum(values)
+    except OverflowError:  # finite samples whose sum is not: no usable total
+        return None
 
 
 def _count(sums: dict[str, list[float]], names: tuple[str, ...]) -> int | None:
     total = _total(sums, names)
-    return None if total is None else int(round(total))
+    return None if total is None or total > _MAX_COUNT else int(round(total))
 
 
 def _int_label(value: str | None) -> int | None:
     try:
-        return int(float(value)) if value else None
-    except ValueError:
+        return _in_range(int(float(value))) if value else None
+    except (ValueError, OverflowError):
         return None
 
 
@@ -140,20 +153,21 @@ def parse_metrics(text: str) -> BackendMetrics:
             value = float(value_text)
         except ValueError:
             continue
-        if math.isfinite(value):
+        # Every family read here counts something: a negative sample is an exporter bug, not load.
+        if math.isfinite(value) and value >= 0:
             samples.setdefault(name, []).append(value)
     if not samples and not blocks:
         raise MetricsParseError("no vLLM metrics on the page")
-    kv = _first(samples, KV_USAGE)
+    kv, kv_total = _first(samples, KV_USAGE), _total(samples, KV_USAGE)
     return BackendMetrics(
         running=_count(samples, RUNNING),
         waiting=_count(samples, WAITING),
-        kv_usage=min(1.0, max(0.0, math.fsum(kv) / len(kv))) if kv else None,
+        kv_usage=min(1.0, kv_total / len(kv)) if kv and kv_total is not None else None,
         prefix_queries=_total(samples, PREFIX_QUERIES),
         prefix_hits=_total(samples, PREFIX_HITS),
         prompt_tokens=_total(samples, PROMPT_TOKENS),
         generation_tokens=_total(samples, GENERATION_TOKENS),
-        num_gpu_blocks=sum(blocks) if blocks else None,
+        num_gpu_blocks=_in_range(sum(blocks)) if blocks else None,
         block_size=block_size,
     )
 
