@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -151,12 +152,15 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
         if kind is float:
             if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
                 raise TypeError("a number")
-            return float(raw)
+            number = float(raw)
+            if math.isnan(number):  # NaN passes every range check below: refuse it here
+                raise ValueError(raw)
+            return number
         if kind is str:
             if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
                 raise TypeError("a string")
             return str(raw)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int too large for a float
         names = {int: "an integer", float: "a number"}
         expected = exc.args[0] if isinstance(exc, TypeError) else names.get(kind, f"a {kind.__name__}")
         raise ConfigError(f"{source}: key {name!r} must be {expected}, got {raw!r}") from None
@@ -181,6 +185,7 @@ NON_NEGATIVE = frozenset({
     "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
 })
 PORTS = frozenset({"port", "admin_port", "dns_port"})
+UNSIGNED_64 = frozenset({"seed", "wait_queue_size"})  # the core takes them as u64
 
 
 def _check(name: str, value: Any, source: str) -> None:
@@ -192,6 +197,8 @@ def _check(name: str, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: key {name!r} must not be negative; got {value!r}")
     if name in PORTS and not 0 <= value <= 65535:
         raise ConfigError(f"{source}: key {name!r} must be a port number (0-65535); got {value!r}")
+    if name in UNSIGNED_64 and not 0 <= value < 2**64:
+        raise ConfigError(f"{source}: key {name!r} must be in 0..2**64-1; got {value!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -225,11 +232,16 @@ def validate(settings: Settings) -> Settings:
         path = getattr(settings, key)
         if path and not os.access(path, os.R_OK):
             raise ConfigError(f"configuration: key {key!r}: cannot read {path!r}")
-    if settings.policy_weights:
-        from kvroute._native import InvalidConfig, Router  # the core owns the weights' names and ranges
+    from kvroute._native import InvalidConfig, Router  # the core owns policy names, weights and block sizes
 
+    try:
+        router = Router(settings.policy, block_tokens=settings.block_tokens, bytes_per_token=settings.bytes_per_token)
+    except (InvalidConfig, OverflowError) as exc:  # OverflowError: block_tokens beyond the core's u32
+        raise ConfigError(f"configuration: the routing core refuses policy {settings.policy!r}, block_tokens "
+                          f"{settings.block_tokens}, bytes_per_token {settings.bytes_per_token}: {exc}") from None
+    if settings.policy_weights:
         try:
-            Router(settings.policy).set_policy(settings.policy, **settings.policy_weights)
+            router.set_policy(settings.policy, **settings.policy_weights)
         except InvalidConfig as exc:
             raise ConfigError(f"configuration: key 'policy_weights': {exc}") from None
     for key, tier in settings.api_key_tiers.items():
@@ -247,7 +259,7 @@ def from_mapping(values: Mapping[str, Any], source: str, base: Settings | None =
     settings = dataclasses.replace(base) if base else Settings()
     for key, raw in values.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(str(key), known, n=1)  # YAML keys need not be strings
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         value = _coerce(key, raw, source)
@@ -261,8 +273,10 @@ def from_mapping(values: Mapping[str, Any], source: str, base: Settings | None =
 def from_yaml(path: str | Path, base: Settings | None = None) -> Settings:
     try:
         loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise ConfigError(f"{path}: cannot read configuration: nested too deeply") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
