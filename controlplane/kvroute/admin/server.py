@@ -221,17 +221,12 @@ def _snapshot(router: Any) -> dict[str, Any]:
     except Exception:  # the status page must not die with a core that cannot describe itself
         log.exception("router.snapshot() failed")
         return {}
-    return dict(snapshot) if isinstance(snapshot, dict) else {}
+    return snapshot
 
 
 def _core_backends(router: Any) -> dict[str, Any]:
-    """The core's per-backend view keyed by id, whether the snapshot lists backends as a list or a map."""
-    backends = _snapshot(router).get("backends")
-    if isinstance(backends, dict):
-        return {str(k): v for k, v in backends.items()}
-    if isinstance(backends, list):
-        return {str(item.get("id")): item for item in backends if isinstance(item, dict)}
-    return {}
+    """The core's per-backend view (a list in its snapshot), keyed by id."""
+    return {item["id"]: item for item in _snapshot(router).get("backends", [])}
 
 
 class _Server(uvicorn.Server):

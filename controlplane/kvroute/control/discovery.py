@@ -98,16 +98,6 @@ class Reconciler:
                 self.fleet.retire(backend.id)
 
 
-class StaticDiscovery:
-    source = "static"
-
-    def __init__(self, urls: Iterable[str]) -> None:
-        self.urls = list(urls)
-
-    async def run(self, apply: Apply) -> None:
-        apply(_targets(Target(url) for url in self.urls))
-
-
 def parse_backend_file(text: str, path: str) -> dict[str, Target]:
     """A YAML or JSON backends file: a list of URLs or of {url, draining}, optionally under `backends:`."""
     try:
@@ -396,6 +386,6 @@ def from_settings(settings: Settings) -> Discovery | None:
 
 __all__ = [
     "Discovery", "DiscoveryError", "DnsDiscovery", "FileDiscovery", "KubernetesDiscovery", "Reconciler",
-    "StaticDiscovery", "Target", "WatchGone", "from_settings", "parse_backend_file", "resolve_addresses",
+    "Target", "WatchGone", "from_settings", "parse_backend_file", "resolve_addresses",
     "targets_from_slices",
 ]

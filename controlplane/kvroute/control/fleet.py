@@ -112,9 +112,6 @@ class Fleet:
     def get(self, backend_id: str) -> Backend | None:
         return self._backends.get(backend_id)
 
-    def url(self, backend_id: str) -> str:
-        return self._backends[backend_id].url
-
     def all(self) -> list[Backend]:
         return list(self._backends.values())
 

@@ -93,11 +93,9 @@ class Dispatcher:
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.budget = RetryBudget(settings.retry_budget)
         self.observer = observer
-        self.api_key_tiers: dict[bytes, Priority] = {}
-        for key, tier in settings.api_key_tiers.items():
-            if tier.encode() not in PRIORITIES:
-                raise ValueError(f"api_key_tiers: tier {tier!r} is not one of high, normal, low")
-            self.api_key_tiers[key.encode()] = PRIORITIES[tier.encode()]
+        # config.validate checked every tier named here.
+        self.api_key_tiers: dict[bytes, Priority] = {key.encode(): PRIORITIES[tier.encode()]
+                                                     for key, tier in settings.api_key_tiers.items()}
 
     def _keep_alive(self, req: Request) -> bool:
         """Whether this answer keeps the connection open: the client asked for it and we are not draining."""
@@ -360,13 +358,16 @@ class Dispatcher:
 
     async def _stream(self, conn: Client, req: Request, rid: bytes, routed: Routed,
                       up: UpstreamConnection, scanner: StreamScanner, started: float, deadline: float) -> Failure | None:
-        """Relay an SSE body event by event; the status line goes out with the first event, so a backend
-        that fails before that can still be retried elsewhere."""
+        """Relay an SSE body event by event. Events before the first content (a chat stream's role
+        chunk, which some engines send before any work is done) are held back and the status line
+        goes out with the first content, so a backend that fails before producing anything can still
+        be retried elsewhere."""
         settings = self.settings
         loop = self.loop
         chunked = req.http11
         timeout = settings.first_byte_timeout
         waiting_first = True
+        held = b""
         while True:
             try:
                 piece = await up.next_chunk(min(timeout, deadline - loop.time()))
@@ -398,6 +399,11 @@ class Dispatcher:
                 out += scanner.rest()
             elif not out:
                 continue  # only part of an event so far
+            if waiting_first and not last:
+                held += out  # nothing a client can use yet
+                continue
+            if held:
+                out, held = held + out, b""
             data = http.chunk(out) if chunked and out else out
             if last and chunked:
                 data += http.LAST_CHUNK  # the end goes out with the last events: one write, not two
