@@ -8,7 +8,7 @@ Per contender, non-streamed and streamed chat:
   * an open loop at a fixed rate (default 500 req/s) over pooled connections: latency p50/p99 and
     the router's CPU time per request;
   * `wrk -t1 -c32` for the maximum rate, with the router's CPU time per request.
-"Added" is the contender's figure minus the direct one. Results go to bench/overhead/results/overhead-*.json;
+"Added" is the contender's figure minus the direct one. Results go to bench/results/overhead/overhead-*.json;
 docs/benchmarks.md quotes them. The backend, the router, wrk and this client share the machine's
 cores, as they would on a small box; nothing here is a test.
 """
@@ -38,7 +38,7 @@ from bench.overhead.instant_backend import MODEL
 from bench.run import machine
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE.parent / "results" / "overhead"  # beside the other benchmarks' results, not the code
 # Child processes' logs: kept out of the tree (only results are worth committing).
 LOGS = Path(tempfile.gettempdir()) / "kvroute-bench-overhead"
 CHAT = json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "You are a helpful assistant."},

@@ -1,6 +1,6 @@
 """Median of several `bench.overhead.run` results, cell by cell: one run on a shared machine is noise.
 
-    python -m bench.overhead.summary bench/overhead/results/overhead-A.json overhead-B.json ...
+    python -m bench.overhead.summary bench/results/overhead/overhead-A.json overhead-B.json ...
 
 Prints the same table as a single run, each number the median over the runs that have it, and how
 many runs there were.
