@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from deploy_support import DASHBOARD, KUBE, dashboard_queries, metric_names, objects
+from sim_process import sim_url, stop as _stop  # noqa: F401  (sim_url is a fixture)
 
 from bench.procs import free_port
 
@@ -43,33 +44,6 @@ def _wait_for(url: str, status: int = 200, attempts: int = 120) -> None:
             pass
         time.sleep(0.25)
     raise AssertionError(f"{url} never answered {status}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-    finally:
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    process = subprocess.Popen([sys.executable, "-m", "kvroute.cli", "sim", "--instances", "1", "--base-port", "0",
-                                "--host", "127.0.0.1"], stdout=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line, "kvroute sim exited before printing its URLs"
-        (url,) = json.loads(line)["urls"]
-        yield url
-    finally:
-        _stop(process)
 
 
 @pytest.fixture(scope="module")
