@@ -27,6 +27,9 @@ NODE_TYPES = {
     "g6.xlarge": NodeType("eks", 4, 16, 1, "l4", max_pods=58),
     # AWS lists no ENI-derived figure for p5.4xlarge smaller than the bootstrap's cap; 110 reserves more.
     "p5.4xlarge": NodeType("eks", 16, 256, 1, "h100", max_pods=110),
+    # The CPU pools' defaults (the gateway, monitoring, kube-system); gpu "" = no GPU label.
+    "m6i.xlarge": NodeType("eks", 4, 16, 0, "", max_pods=58),
+    "e2-standard-4": NodeType("gke", 4, 16, 0, ""),
     "n1-standard-4": NodeType("gke", 4, 15, 1, "t4"),
     "g2-standard-4": NodeType("gke", 4, 16, 1, "l4"),
     "a3-highgpu-1g": NodeType("gke", 26, 234, 1, "h100"),

@@ -146,3 +146,17 @@ def test_the_gateway_counts_blocks_of_the_fleets_size(fleet):
     assert settings.block_tokens == int(block_size)
     # The Helm chart leaves block_tokens to Settings' default unless `config` sets it.
     assert Settings().block_tokens == int(block_size)
+
+
+@pytest.mark.parametrize("module,variable", [("eks-gpu-cluster", "system_instance_types"),
+                                             ("gke-gpu-cluster", "system_machine_type")])
+def test_the_gateway_fits_the_system_pool(module, variable):
+    (variables,) = [v for v in hcl2.loads((ROOT / "infra" / "terraform" / "modules" / module / "variables.tf")
+                                          .read_text())["variable"] if unquote(next(iter(v))) == variable]
+    default = next(iter(variables.values()))["default"]
+    (name,) = [unquote(n) for n in (default if isinstance(default, list) else [default])]
+    gateway = {(d["kind"], d["metadata"]["name"]): d for d in rendered(KUBE)}["Deployment", "kvroute"]
+    cpu, memory, gpus = pod_requests(gateway["spec"]["template"]["spec"])
+    free_cpu, free_memory = schedulable(NODE_TYPES[name])
+    # One gateway per node (the spread constraint), with room left for monitoring and kube-system.
+    assert gpus == 0 and cpu <= free_cpu / 2 and memory <= free_memory / 2, (name, cpu, memory, free_cpu, free_memory)

@@ -32,9 +32,9 @@ variable "public_access_cidrs" {
 }
 
 variable "system_instance_types" {
-  description = "Instance types of the CPU node group (kvroute, monitoring, kube-system)."
+  description = "Instance types of the CPU node group (kvroute, monitoring, kube-system). 4 vCPU: a gateway pod requests 1 and the add-ons and Prometheus need the rest (m6i.large's 2 left 0.4 after one gateway)."
   type        = list(string)
-  default     = ["m6i.large"]
+  default     = ["m6i.xlarge"]
 }
 
 variable "system_min_nodes" {
