@@ -157,3 +157,13 @@ def test_tiers_reach_the_pods_in_the_settings_format():
     # The admin token stays in the operator's Secret; the chart does not create one of the same name.
     assert env["KVROUTE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "kvroute-admin"
     assert ("Secret", "kvroute-admin") not in found
+
+
+def test_the_charts_network_policy_covers_its_pods_and_names_their_ports(values_set):
+    _, docs = values_set
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    template = _gateway(docs)["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (container,) = template["spec"]["containers"]
+    named = {p["name"] for p in container["ports"]}
+    assert {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]} == named
