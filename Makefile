@@ -67,7 +67,9 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 # checkov (tests/deploy/test_checkov.py) pins a large dependency tree that would fight the project's
-# .venv: its own environment beside the vLLM one, keyed by its version.
+# .venv: its own environment beside the vLLM one, keyed by its version. (helm, hadolint and terraform
+# fmt come with the dev extra. terraform validate/plan are not run: they need provider plugins from
+# the Terraform registry, which this machine cannot reach.)
 CHECKOV_VERSION := 3.3.30
 DEPLOY_TOOLS ?= $(KVROUTE_CACHE)/deploy-tools-checkov-$(CHECKOV_VERSION)
 deploy-tools: $(DEPLOY_TOOLS)/.stamp
