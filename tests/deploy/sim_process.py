@@ -3,6 +3,7 @@ picks itself, and the clean stop of a child process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -25,15 +26,22 @@ def stop(process: subprocess.Popen[bytes]) -> int:
             process.stdout.close()
 
 
-@pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
+@contextlib.contextmanager
+def running_sim(*args: str) -> Iterator[dict]:
+    """`kvroute sim` with these extra arguments; yields the JSON line it prints at start (urls, profile)."""
     process = subprocess.Popen([sys.executable, "-m", "kvroute.cli", "sim", "--instances", "1", "--base-port", "0",
-                                "--host", "127.0.0.1"], stdout=subprocess.PIPE)
+                                "--host", "127.0.0.1", *args], stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line, "kvroute sim exited before printing its URLs"
-        (url,) = json.loads(line)["urls"]
-        yield url
+        yield json.loads(line)
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    with running_sim() as started:
+        (url,) = started["urls"]
+        yield url

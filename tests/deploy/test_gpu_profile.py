@@ -15,7 +15,7 @@ import yaml
 from bench import gpu_profile
 from bench.vllmfleet import TIER
 from kvroute.sim.profiles import BUILTIN, load_profile
-from sim_process import sim_url  # noqa: F401  (a fixture)
+from sim_process import running_sim, sim_url  # noqa: F401  (sim_url is a fixture)
 
 QWEN_2_5_1_5B = {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
                  "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
@@ -71,6 +71,10 @@ def test_profiles_the_simulator(sim_url, tmp_path):  # noqa: F811
     # Read from the server, not assumed: the simulator reports its profile's cache geometry.
     assert (written["block_size"], written["num_gpu_blocks"]) == (base.block_size, base.kv_blocks())
     assert written["params"] == base.params and written["max_model_len"] == base.max_model_len
+    # And the simulator itself starts from the file.
+    with running_sim("--profile", str(tmp_path / "sim-l4.yaml")) as started:
+        assert (started["profile"], started["block_size"], started["num_gpu_blocks"]) == (
+            "sim-l4", base.block_size, base.kv_blocks())
 
 
 @pytest.mark.real_vllm
@@ -97,3 +101,5 @@ def test_profiles_a_real_vllm_server(tmp_path):
     # vLLM's own cache geometry, from its /metrics (cache_config_info).
     assert written["block_size"] > 0 and written["num_gpu_blocks"] > 0
     assert written["max_model_len"] == vllm_fleet.MAX_MODEL_LEN
+    with running_sim("--profile", str(tmp_path / "tiny-cpu.yaml")) as started:
+        assert (started["block_size"], started["num_gpu_blocks"]) == (written["block_size"], written["num_gpu_blocks"])
