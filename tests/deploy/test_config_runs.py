@@ -7,65 +7,23 @@ simulator."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
 
 from deploy_support import DASHBOARD, KUBE, dashboard_queries, metric_names, objects
-from sim_process import sim_url, stop as _stop  # noqa: F401  (sim_url is a fixture)
+from sim_process import get as _get, running_gateway, sim_url, wait_for as _wait_for  # noqa: F401  (sim_url: a fixture)
 
-from bench.procs import free_port
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _wait_for(url: str, status: int = 200, attempts: int = 120) -> None:
-    """Bounded wait for a server to come up; not a timing assertion."""
-    for _ in range(attempts):
-        try:
-            if _get(url)[0] == status:
-                return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{url} never answered {status}")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    config = tmp_path_factory.mktemp("config") / "kvroute.yaml"
-    config.write_text(objects(KUBE)["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"])
-    port, admin_port = free_port(), free_port()
-    env = dict(os.environ, KVROUTE_ADMIN_TOKEN="test-token")
-    # As the Deployment runs it, but reachable here: loopback addresses, static discovery of the sim.
-    process = subprocess.Popen([sys.executable, "-m", "kvroute.cli", "serve", "--config", str(config),
-                                "--host", "127.0.0.1", "--port", str(port),
-                                "--admin-host", "127.0.0.1", "--admin-port", str(admin_port),
-                                "--discovery", "static", "--backend", sim_url], env=env)
-    base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
-    try:
-        _wait_for(base + "/health")
-        _wait_for(admin + "/metrics")
-        yield {"base": base, "admin": admin}
-    finally:
-        code = _stop(process)
-        # SIGTERM is the Kubernetes stop signal: the gateway must drain and exit cleanly on it.
-        assert code == 0, f"kvroute serve exited {code} on SIGTERM"
+def gateway(sim_url: str) -> Iterator[dict[str, str]]:
+    config = objects(KUBE)["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"]
+    with running_gateway(config, [sim_url]) as urls:
+        yield urls
 
 
 def _probe_paths() -> set[str]:
