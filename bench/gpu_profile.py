@@ -106,14 +106,14 @@ def _request(url: str, body: dict[str, Any] | None = None, timeout: float = 600.
     return urllib.request.urlopen(req, timeout=timeout)
 
 
-def _prompt(words: int) -> str:
+def unique_prompt(words: int) -> str:
     # A random nonce first: no two prompts share a first block, so nothing comes from the prefix cache.
     return secrets.token_hex(8) + " " + " ".join(f"w{secrets.randbelow(10_000)}" for _ in range(words))
 
 
 def _complete(url: str, model: str, words: int, max_tokens: int) -> tuple[int, float]:
     start = time.perf_counter()
-    with _request(f"{url}/v1/completions", {"model": model, "prompt": _prompt(words), "max_tokens": max_tokens,
+    with _request(f"{url}/v1/completions", {"model": model, "prompt": unique_prompt(words), "max_tokens": max_tokens,
                                             "temperature": 0, "ignore_eos": True}) as resp:
         usage = json.loads(resp.read())["usage"]
     return usage["prompt_tokens"], time.perf_counter() - start
@@ -122,7 +122,7 @@ def _complete(url: str, model: str, words: int, max_tokens: int) -> tuple[int, f
 def _decode_step(url: str, model: str, words: int, tokens: int) -> tuple[float, int]:
     """Time per token of one streamed answer: first to last chunk over the tokens between them, so
     chunks that carry several tokens do not skew it."""
-    body = {"model": model, "prompt": _prompt(words), "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True,
+    body = {"model": model, "prompt": unique_prompt(words), "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     first = last = None
     usage: dict[str, int] = {}
