@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -47,22 +48,34 @@ def remove_run_files(supervisor_pid: int, directory: Path | None = None) -> None
         path.unlink(missing_ok=True)
 
 
+# A worker killed by a signal it was not sent by us (the OOM killer, a SIGKILL, a crash) is started
+# again, up to this many times in RESPAWN_WINDOW_S seconds; more means something kills every new
+# one, and the supervisor stops the rest instead of looping.
+RESPAWN_LIMIT = 5
+RESPAWN_WINDOW_S = 60.0
+
+
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
-    """Start `workers` processes on one port and pass signals on; the first to fail stops the rest."""
+    """Start `workers` processes on one port and pass signals on. A worker that exits with an error
+    (a bad flag, a port in use) stops the rest; one killed by a signal is started again."""
     # Bound (not listening) with SO_REUSEPORT: fixes the port, port 0 included, for every worker,
     # and receives no connections itself.
     holder = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((settings.host, settings.port))
     port = holder.getsockname()[1]
-    children = []
-    for index in range(settings.workers):
-        env = dict(os.environ, **{WORKER_ENV: str(index)})
-        children.append(subprocess.Popen([sys.executable, "-m", "kvroute.cli", "serve", *argv, "--port", str(port)],
-                                         env=env))
-    log.info("kvroute: %d workers on %s:%d", settings.workers, settings.host, port)
 
-    alive = {child.pid: child for child in children}
+    def start(index: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        return subprocess.Popen([sys.executable, "-m", "kvroute.cli", "serve", *argv, "--port", str(port)], env=env)
+
+    alive = {}
+    for index in range(settings.workers):
+        child = start(index)
+        alive[child.pid] = (index, child)
+    log.info("kvroute: %d workers on %s:%d", settings.workers, settings.host, port)
+    stopping = False
+    respawns: list[float] = []
 
     def signal_alive(signum: int) -> None:
         # os.kill, not Popen.send_signal: that polls first and may reap a finished worker before
@@ -72,6 +85,8 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
                 os.kill(pid, signum)
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         signal_alive(signum)
 
     signal.signal(signal.SIGTERM, forward)
@@ -82,13 +97,24 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        child = alive.pop(pid, None)
-        if child is None:
+        entry = alive.pop(pid, None)
+        if entry is None:
             continue
+        index, child = entry
         code = child.returncode = os.waitstatus_to_exitcode(status)
+        now = time.monotonic()
+        respawns = [t for t in respawns if now - t < RESPAWN_WINDOW_S]
+        if code < 0 and not stopping and len(respawns) < RESPAWN_LIMIT:
+            # Its clients lost their connections (nothing can save those); the others are untouched.
+            log.error("worker %d (index %d) was killed by signal %d; starting it again", pid, index, -code)
+            respawns.append(now)
+            child = start(index)
+            alive[child.pid] = (index, child)
+            continue
         worst = max(worst, abs(code))
-        if code != 0:  # a worker that failed (a bad flag, a port in use) takes the others down with it
+        if code != 0 and not stopping:
             log.error("worker %d exited with %d; stopping the others", pid, code)
+            stopping = True
             signal_alive(signal.SIGTERM)
     holder.close()
     remove_run_files(os.getpid())  # every worker has exited: none writes its files again
