@@ -126,7 +126,7 @@ class Observer:
         self.retries = Counter("kvroute_retries", "Upstream attempts retried on another backend, by the failed one",
                                ["backend"], registry=r)
         self.poll_errors = Counter("kvroute_poll_errors", "Failed backend polls, by backend and kind "
-                                   "(connect, timeout, http_status, parse, stale)", ["backend", "kind"], registry=r)
+                                   "(connect, timeout, too_large, http_status, parse, stale)", ["backend", "kind"], registry=r)
         # What adds up over workers; the fleet gauges come from polling, the same in every worker.
         self.recorded: tuple[Collector, ...] = (self.requests, self.ttft, self.e2e, self.retries, self.poll_errors)
         if fleet is not None:

@@ -64,7 +64,7 @@ class Poller:
         try:
             status, body = await self.client.fetch(backend.url, path, self.timeout)
         except UpstreamError as exc:
-            raise PollFailed("timeout" if exc.kind == "timeout" else "connect", str(exc)) from None
+            raise PollFailed(exc.kind if exc.kind in ("timeout", "too_large") else "connect", str(exc)) from None
         if status >= 400:
             raise PollFailed("http_status", f"{backend.url}{path.decode()} answered {status}")
         return body

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Callable
 from kvroute._native import KvrouteError, MalformedRequest, Queued, Rejected, Routed
 from kvroute.logs import request_id
 from kvroute.proxy import http
-from kvroute.proxy.sse import StreamScanner, Usage, ask_for_usage, error_event, usage_of_json
+from kvroute.proxy.sse import (MAX_EVENT_BYTES, OversizedEvent, StreamScanner, Usage, ask_for_usage, error_event,
+                               usage_of_json)
 from kvroute.proxy.request import Client, Request
 from kvroute.proxy.upstream import Target, UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -389,7 +390,15 @@ class Dispatcher:
                                                  "timeout" if exc.kind == "timeout" else "backend_error"))
                 return None
             last = piece is None or up.finished()
-            out = scanner.feed(piece) if piece is not None else b""
+            try:
+                out = scanner.feed(piece) if piece is not None else b""
+            except OversizedEvent as exc:
+                self.fleet.report(routed.backend_id, False, "protocol")
+                message = f"backend {routed.backend_id} sent {exc}"
+                if not req.responded:
+                    return Failure(502, message, "bad_gateway")
+                self._cut(conn, req, error_event(message, "api_error", "backend_error"))
+                return None
             if waiting_first and scanner.first_content:
                 waiting_first = False
                 timeout = settings.idle_timeout
@@ -399,7 +408,7 @@ class Dispatcher:
                 out += scanner.rest()
             elif not out:
                 continue  # only part of an event so far
-            if waiting_first and not last:
+            if waiting_first and not last and len(held) < MAX_EVENT_BYTES:
                 held += out  # nothing a client can use yet
                 continue
             if held:

@@ -89,6 +89,16 @@ def _next_boundary(data: bytes, pos: int) -> int:
     return min(ends) if ends else len(data)
 
 
+# The longest SSE event the router holds while waiting for its end. vLLM's events are a token or a
+# tool call's arguments; a backend that sends megabytes without an event boundary is broken, and
+# holding its bytes would grow without end.
+MAX_EVENT_BYTES = 4 << 20
+
+
+class OversizedEvent(Exception):
+    """The backend sent more than MAX_EVENT_BYTES without ending an event."""
+
+
 class StreamScanner:
     """Follows one SSE stream: passes whole events on unchanged, notes the first content and the usage,
     and drops the usage-only event the router asked for on the client's behalf.
@@ -111,6 +121,8 @@ class StreamScanner:
         if cut < len(data):
             self._carry = data[cut:]
             data = data[:cut]
+            if len(self._carry) > MAX_EVENT_BYTES:
+                raise OversizedEvent(f"an SSE event over {MAX_EVENT_BYTES >> 20} MiB")
         else:
             self._carry = b""
         if not data:

@@ -22,10 +22,14 @@ from kvroute.proxy import http
 # backend's stream through TCP back-pressure instead of growing the router's memory.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
+# The largest body read whole (model listings, /metrics pages): vLLM's /metrics is tens to hundreds
+# of KiB; a page of many MiB is a broken or hostile backend.
+FETCH_LIMIT = 16 << 20
 
 
 class UpstreamError(Exception):
-    """An attempt failed; `kind` is what Fleet.report understands: "connect", "reset" or "timeout"."""
+    """An attempt failed; `kind` is what Fleet.report understands: "connect", "reset" or "timeout"
+    (or "too_large": a body read whole went past FETCH_LIMIT)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -169,13 +173,26 @@ class UpstreamConnection(asyncio.Protocol):
         """The whole response is in and handed over."""
         return self.complete and not self._chunks
 
-    async def read_all(self, timeout: float) -> bytes:
-        while not self.complete:
+    async def read_all(self, timeout: float, limit: int = FETCH_LIMIT) -> bytes:
+        """The whole body, up to `limit` bytes. Chunks are taken as they come (so the back-pressure
+        meant for slow clients does not stall a body that is read whole); past the limit the
+        exchange fails instead of holding an endless page."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                parts.append(chunk)
+                size += len(chunk)
+            self._buffered = 0
+            if size > limit:
+                raise UpstreamError("too_large", f"response body over {limit >> 20} MiB")
+            if self._paused and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+            if self.complete:
+                return b"".join(parts)
             await self._wait(timeout, "backend went quiet")
-        body = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return body
 
     def finish(self) -> None:
         """The exchange is over: keep the connection for the next request when HTTP allows it."""
