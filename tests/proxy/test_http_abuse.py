@@ -138,3 +138,32 @@ async def test_deeply_nested_json_is_400_in_openai_shape(scripted, where: str) -
     error = openai_error(raw, 400)
     assert error["type"] == "invalid_request_error" and "deeper than 128" in error["message"]
     assert backend.seen == []
+
+
+async def test_slowloris_connections_are_cut_and_hold_nothing_others_need(scripted) -> None:
+    # 200 clients that send a request head one byte at a time: each is answered 408 and closed at the
+    # read deadline, and a normal client is served while they trickle.
+    backend = await scripted()
+    async with running_gateway([backend.url], request_read_timeout=1.0) as gw:
+        async def slow() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy.port)
+            try:
+                for byte in b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n":
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.05)
+                    if reader.at_eof():
+                        break
+                return await asyncio.wait_for(reader.read(), 30)
+            except ConnectionError:
+                return b""
+            finally:
+                writer.close()
+
+        slow_clients = [asyncio.create_task(slow()) for _ in range(200)]
+        await asyncio.sleep(0.3)
+        normal = await post_raw(gw.proxy.port, CHAT)
+        assert normal.startswith(b"HTTP/1.1 200 "), normal[:200]
+        answers = await asyncio.wait_for(asyncio.gather(*slow_clients), 60)
+    assert all(a == b"" or a.startswith(b"HTTP/1.1 408 ") for a in answers)
+    assert sum(a.startswith(b"HTTP/1.1 408 ") for a in answers) > 150
+    assert len(backend.seen) == 1  # only the normal request reached the backend
