@@ -49,6 +49,28 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> JSO
                         status_code=status, headers=headers)
 
 
+class _ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorAnswer(BaseModel):
+    """OpenAI's error shape (error_object), in which every admin error is answered."""
+
+    error: _ErrorDetail
+
+
+# Documented on every route, so the OpenAPI document lists the answers clients really get
+# (schemathesis checks it in tests/fuzz); a malformed request is a 400 here, not FastAPI's 422.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorAnswer, "description": what} for status, what in (
+        (400, "Invalid request"), (401, "Missing or wrong admin token"), (404, "No such backend"),
+        (409, "Conflicts with the fleet's state"))
+}
+
+
 class AdminError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         super().__init__(message)
@@ -88,7 +110,8 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
             raise AdminError(401, "missing or wrong admin token", "authentication_error")
 
-    app = FastAPI(title="kvroute admin", version="1", docs_url="/docs", openapi_url="/openapi.json")
+    app = FastAPI(title="kvroute admin", version="1", docs_url="/docs", openapi_url="/openapi.json",
+                  responses=ERROR_RESPONSES)
     guarded = [Depends(require_token)]
 
     @app.exception_handler(AdminError)
@@ -198,6 +221,8 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
             "in_flight": sum(router.in_flight(b.id) for b in backends) + sum(summed_in_flight(others).values()),
             "policy": router.policy()[0],
             "core": snapshot,
+            # This worker's event-loop tasks: flat under steady load, growing with a leak (bench/soak.py).
+            "process": {"tasks": len(asyncio.all_tasks())},
         }
 
     @app.get("/admin/config", dependencies=guarded, summary="Effective settings (token masked)")
