@@ -185,7 +185,10 @@ NON_NEGATIVE = frozenset({
     "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
 })
 PORTS = frozenset({"port", "admin_port", "dns_port"})
-UNSIGNED_64 = frozenset({"seed", "wait_queue_size"})  # the core takes them as u64
+# The core takes them as u64: a larger number would fail deep in the core instead of here.
+UNSIGNED_64 = frozenset({"seed", "wait_queue_size", "queue_threshold_high", "queue_threshold_normal",
+                         "queue_threshold_low"})
+U64_MAX = 2**64 - 1
 
 
 def _check(name: str, value: Any, source: str) -> None:
@@ -197,7 +200,7 @@ def _check(name: str, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: key {name!r} must not be negative; got {value!r}")
     if name in PORTS and not 0 <= value <= 65535:
         raise ConfigError(f"{source}: key {name!r} must be a port number (0-65535); got {value!r}")
-    if name in UNSIGNED_64 and not 0 <= value < 2**64:
+    if name in UNSIGNED_64 and not 0 <= value <= U64_MAX:
         raise ConfigError(f"{source}: key {name!r} must be in 0..2**64-1; got {value!r}")
 
 

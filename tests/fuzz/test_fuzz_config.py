@@ -31,6 +31,9 @@ def usable(settings: Settings) -> None:
                     seed=settings.seed, wait_queue_size=settings.wait_queue_size)
     if settings.policy_weights:
         router.set_policy(settings.policy, **settings.policy_weights)
+    for tier in ("high", "normal", "low"):
+        router.set_admission(tier, max_queue=getattr(settings, f"queue_threshold_{tier}") or None,
+                             max_wait_ms=getattr(settings, f"max_wait_ms_{tier}") or None)
     for name in FIELDS:
         value = getattr(settings, name)
         if isinstance(value, float):
@@ -54,6 +57,7 @@ def settle(make: object) -> None:
 @example({"block_tokens": 2**40})
 @example({"seed": -1})
 @example({"wait_queue_size": 2**70})
+@example({"queue_threshold_low": 2**64})
 @example({"poll_interval": "nan"})
 def test_any_mapping(mapping: dict) -> None:
     settle(lambda: from_mapping(mapping, "test"))

@@ -106,6 +106,50 @@ async def test_an_endless_event_mid_stream_is_cut_with_an_error_event(scripted) 
         assert in_flight(gw) == 0
 
 
+def ends_cleanly_without_done(content: bool):
+    """A server stopping: its response is closed properly (last chunk) before the stream is done."""
+    async def script(ex: Exchange) -> None:
+        await ex.sse_head()
+        await ex.chunk(ROLE + (CONTENT if content else b""))
+        await asyncio.sleep(0.2)  # what was sent reaches the client first (else it is retried whole)
+        await ex.end()
+    return script
+
+
+ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+
+
+async def test_a_stream_closed_cleanly_without_done_ends_with_an_error_event(scripted) -> None:
+    backend = await scripted(ends_cleanly_without_done(content=True))
+    async with running_gateway([backend.url]) as gw, httpx.AsyncClient() as client:
+        response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(stream=True), headers=JSON)
+        frames = events(response.content)
+        assert frames[:2] == [ROLE.rstrip(b"\n"), CONTENT.rstrip(b"\n")]
+        error = json.loads(frames[-1].removeprefix(b"data: "))["error"]
+        assert error["code"] == "backend_error" and "without [DONE]" in error["message"]
+        assert polled(gw, backend).breaker.failures == 1  # type: ignore[attr-defined]
+        assert in_flight(gw) == 0
+
+
+async def test_a_stream_closed_without_done_before_any_content_is_retried(scripted) -> None:
+    bad = await scripted(ends_cleanly_without_done(content=False))
+
+    async def fine(ex: Exchange) -> None:
+        await ex.sse_head()
+        await ex.chunk(ROLE + CONTENT + b"data: [DONE]\n\n")
+        await ex.end()
+
+    good = await scripted(fine)
+    async with running_gateway([bad.url, good.url], retry_budget=1.0) as gw, httpx.AsyncClient() as client:
+        for _ in range(2):  # round robin: one of the two starts on the bad backend
+            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(stream=True),
+                                         headers=JSON)
+            assert response.status_code == 200
+            assert events(response.content) == [ROLE.rstrip(b"\n"), CONTENT.rstrip(b"\n"), b"data: [DONE]"]
+        assert len(bad.seen) >= 1 and len(good.seen) == 2  # every request that met it was retried
+        assert in_flight(gw) == 0
+
+
 def polled(gw, backend) -> object:
     state = gw.fleet.get(f"127.0.0.1:{backend.port}")
     assert state is not None

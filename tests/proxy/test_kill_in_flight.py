@@ -92,7 +92,7 @@ async def test_sigkill_of_a_backend_with_50_streams_open() -> None:
             tasks = [asyncio.create_task(s.run(client, base(gw), n)) for n, s in enumerate(streams)]
             # The first RUNNING streams decode; the others wait in the victim's queue, no byte sent.
             await eventually(lambda: sum(s.first_byte.is_set() for s in streams) >= RUNNING, "streams decoding",
-                             timeout=60)
+                             tries=6000)
             await eventually(lambda: in_flight(gw) == STREAMS, "every stream in flight", tries=6000)
             gw.fleet.set_drained(survivor_id, False)
             started = [s for s in streams if s.first_byte.is_set()]

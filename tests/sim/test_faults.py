@@ -63,6 +63,20 @@ async def test_crash_drops_streams_and_refuses_until_brought_back(http: aiohttp.
         assert st["requests"] == 0 and st["cached_blocks"] == 0 and st["kv_blocks_used"] == 0
 
 
+async def test_stop_cuts_open_streams_inside_the_response() -> None:
+    # A stopped server's streams must not look finished: a clean last chunk without [DONE] (what
+    # aiohttp writes when a handler returns) would let a client take a cut answer for a whole one.
+    async with SimFleet(instances=1, per_token_delay=0.05) as fleet:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(fleet.urls[0] + "/v1/completions",
+                              json={"prompt": "x", "max_tokens": 1000, "stream": True}) as r:
+                assert r.status == 200
+                await r.content.readuntil(b"\n\n")
+                await fleet.instances[0].stop()
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()
+
+
 async def test_crash_with_value_comes_back_on_its_own(http: aiohttp.ClientSession) -> None:
     async with SimFleet(instances=1, per_token_delay=0.002) as fleet:
         url = fleet.urls[0]

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException  # also what an unknown path or m
 
 from kvroute.admin.observe import CONTENT_TYPE
 from kvroute.admin.worker_snapshots import summed_in_flight
-from kvroute.config import as_dict, check_admin_exposure, is_loopback
+from kvroute.config import U64_MAX, as_dict, check_admin_exposure, is_loopback
 from kvroute.control.fleet import Backend, Fleet
 from kvroute.control.operator import Conflict, NotFound, OperatorError
 from kvroute.proxy.http import error_object
@@ -88,9 +88,9 @@ class PolicyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: str | None = None
     weights: dict[str, float] | None = None
-    queue_threshold_high: int | None = Field(None, ge=0)
-    queue_threshold_normal: int | None = Field(None, ge=0)
-    queue_threshold_low: int | None = Field(None, ge=0)
+    queue_threshold_high: int | None = Field(None, ge=0, le=U64_MAX)
+    queue_threshold_normal: int | None = Field(None, ge=0, le=U64_MAX)
+    queue_threshold_low: int | None = Field(None, ge=0, le=U64_MAX)
     max_wait_ms_high: float | None = Field(None, ge=0)
     max_wait_ms_normal: float | None = Field(None, ge=0)
     max_wait_ms_low: float | None = Field(None, ge=0)

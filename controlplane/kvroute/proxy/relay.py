@@ -40,6 +40,8 @@ ENDPOINTS: dict[bytes, Endpoint] = {
 }
 PRIORITIES: dict[bytes, Priority] = {b"high": "high", b"normal": "normal", b"low": "low"}
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Streams that end with `data: [DONE]` (the Responses API ends with a response.completed event instead).
+_ENDS_WITH_DONE = frozenset({b"/v1/chat/completions", b"/v1/completions"})
 # How often a queued request asks the core again even if no release in this process woke it.
 _RECHECK_S = 1.0
 # Client headers the router consumes or re-frames instead of forwarding.
@@ -323,12 +325,12 @@ class Dispatcher:
                                raw=self._relayed(up, routed, rid, req, raw))
             ctype = up.header(b"content-type") or b""
             if ctype.startswith(b"text/event-stream"):
-                scanner = StreamScanner(strip_usage)
+                scanner = StreamScanner(strip_usage, expect_done=req.path in _ENDS_WITH_DONE)
                 usage = scanner.usage
                 failure = await self._stream(conn, req, rid, routed, up, scanner, started, deadline)
                 if failure is not None:
                     return failure
-                if up.complete:  # otherwise _stream reported the failure and told the client
+                if up.complete and scanner.whole:  # otherwise _stream reported the failure and told the client
                     ok = self._answered(backend_id, status)
                 return None
             try:
@@ -406,6 +408,12 @@ class Dispatcher:
                 self.router.first_token(routed.ticket, req.ttft)
             if last:
                 out += scanner.rest()
+                if not scanner.whole:
+                    self.fleet.report(routed.backend_id, False, "reset")
+                    message = f"backend {routed.backend_id} ended the stream without [DONE]"
+                    if not req.responded:
+                        return Failure(502, message, "bad_gateway")
+                    out += error_event(message, "api_error", "backend_error")
             elif not out:
                 continue  # only part of an event so far
             if waiting_first and not last and len(held) < MAX_EVENT_BYTES:

@@ -106,13 +106,23 @@ class StreamScanner:
     Bytes are held back only while an event is incomplete, which a client could not use anyway.
     """
 
-    __slots__ = ("strip_usage", "usage", "first_content", "_carry")
+    __slots__ = ("strip_usage", "expect_done", "usage", "first_content", "done", "_carry")
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, expect_done: bool = False) -> None:
         self.strip_usage = strip_usage
+        # Chat and completions streams end with `data: [DONE]`; one that ends without it was cut
+        # short by a backend that closed its response cleanly (a server stopping), which an OpenAI
+        # SDK would hand to its caller as a complete answer.
+        self.expect_done = expect_done
         self.usage = Usage()
         self.first_content = False
+        self.done = False
         self._carry = b""
+
+    @property
+    def whole(self) -> bool:
+        """The stream, ended here, is a complete answer."""
+        return self.done or not self.expect_done
 
     def feed(self, data: bytes) -> bytes:
         if self._carry:
@@ -127,6 +137,7 @@ class StreamScanner:
             self._carry = b""
         if not data:
             return data
+        self.done = data.endswith((b"[DONE]\n\n", b"[DONE]\r\n\r\n"))  # the last event so far
         if not self.first_content and _CONTENT.search(data) is not None:
             self.first_content = True
         if b'"usage"' in data:
@@ -136,6 +147,8 @@ class StreamScanner:
     def rest(self) -> bytes:
         """Whatever trailed the last complete event when the stream ended."""
         carry, self._carry = self._carry, b""
+        if carry.rstrip().endswith(b"[DONE]"):  # a last event without its blank line
+            self.done = True
         return carry
 
     def _usage(self, data: bytes) -> bytes:

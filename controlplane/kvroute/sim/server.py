@@ -464,7 +464,11 @@ class SimInstance:
         while req.status != FINISHED:
             await req.event.wait()
             req.event.clear()
-        if not sink.aborted:
+        if sink.aborted:
+            # Like a dead server: the connection ends inside the response. Returning alone would let
+            # aiohttp finish it with a clean last chunk, a stream that looks whole without [DONE].
+            transport.close()
+        else:
             await resp.write_eof()
         return resp
 
