@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "controlplane" / "kvroute"
 # Lowest first. A module may import its own layer or lower ones. Prefixes match whole dotted names.
 LAYERS: list[tuple[str, ...]] = [
     # leaves: the core, the knobs, logging, background loops, the worker processes' names and files
-    ("kvroute._native", "kvroute.config", "kvroute.logs", "kvroute.loops", "kvroute.workers",
+    ("kvroute._native", "kvroute.tls", "kvroute.config", "kvroute.logs", "kvroute.loops", "kvroute.workers",
      "kvroute.control.atomic_file"),
     # the wire: HTTP framing, the upstream client pool, SSE scanning (the proxy's and the poller's)
     ("kvroute.proxy.http", "kvroute.proxy.upstream", "kvroute.proxy.sse"),

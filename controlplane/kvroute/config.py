@@ -10,15 +10,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import hashlib
 import ipaddress
 import math
 import os
+import ssl
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+
+from kvroute.tls import backend_context
 
 ENV_PREFIX = "KVROUTE_"
 
@@ -38,6 +42,10 @@ class Settings:
     # TLS on both listening sockets when both are set (PEM files; the key file may hold the chain too).
     tls_certfile: str = ""
     tls_keyfile: str = ""
+    # HTTPS to backends: certificates are verified against the system store, or against this PEM
+    # bundle (a private CA) when given; verification off only where an operator says so.
+    backend_ca_file: str = ""
+    backend_tls_verify: bool = True
 
     # Backends: static URLs; other discovery modes are chosen by `discovery`.
     backend: list[str] = field(default_factory=list)
@@ -108,6 +116,8 @@ _HELP = {
     "admin_state_file": "file where admin API changes are kept, applied by every worker and on restart",
     "tls_certfile": "PEM certificate (chain) to serve HTTPS on the proxy and admin ports (with --tls-keyfile)",
     "tls_keyfile": "PEM private key of --tls-certfile",
+    "backend_ca_file": "PEM CA bundle that https:// backends' certificates must chain to (default: the system store)",
+    "backend_tls_verify": "verify https:// backends' certificates and host names (false: trust any, for testing only)",
     "policy_weights": "weights of the policy, e.g. recompute_weight=10,content_weight=50 (docs/routing.md)",
 }
 
@@ -231,10 +241,16 @@ def validate(settings: Settings) -> Settings:
     if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
         given, missing = ("tls_certfile", "tls_keyfile") if settings.tls_certfile else ("tls_keyfile", "tls_certfile")
         raise ConfigError(f"configuration: key {given!r} is set but {missing!r} is empty: TLS needs both")
-    for key in ("tls_certfile", "tls_keyfile"):
+    for key in ("tls_certfile", "tls_keyfile", "backend_ca_file"):
         path = getattr(settings, key)
         if path and not os.access(path, os.R_OK):
             raise ConfigError(f"configuration: key {key!r}: cannot read {path!r}")
+    if settings.backend_ca_file:
+        try:
+            backend_context(settings.backend_ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"configuration: key 'backend_ca_file': {settings.backend_ca_file!r} holds no usable "
+                              f"PEM certificate: {exc}") from None
     from kvroute._native import InvalidConfig, Router  # the core owns policy names, weights and block sizes
 
     try:
@@ -328,10 +344,17 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     return settings
 
 
+def fingerprint(secret: str) -> str:
+    """A name for a secret that an operator can match against their own copy, and that gives it away
+    to nobody: the start of its SHA-256."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
 def as_dict(settings: Settings) -> dict[str, Any]:
-    """Plain values for the admin API; the admin token never leaves the process."""
+    """Plain values for the admin API: the admin token and the API keys never leave the process."""
     values = dataclasses.asdict(settings)
     values["admin_token"] = "***" if settings.admin_token else ""
+    values["api_key_tiers"] = {fingerprint(key): tier for key, tier in settings.api_key_tiers.items()}
     return values
 
 

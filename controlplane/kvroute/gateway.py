@@ -97,6 +97,8 @@ async def serve(settings: Settings, started: asyncio.Event | None = None, *, adm
         loop.add_signal_handler(signum, stop.set)
     log.info("kvroute listening on %s:%s (admin %s)", settings.host, gateway.proxy.port,
              f"{settings.admin_host}:{gateway.admin.port}" if gateway.admin is not None else "off")
+    if not settings.backend_tls_verify:
+        log.warning("backend_tls_verify is off: https:// backends are not authenticated")
     if started is not None:
         started.set()
     try:

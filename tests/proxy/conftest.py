@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -13,8 +14,9 @@ from .helpers import Script, ScriptedBackend, answer_ok
 async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedBackend]]]:
     started: list[ScriptedBackend] = []
 
-    async def make(script: Script = answer_ok, models: list[str] | None = None) -> ScriptedBackend:
-        backend = ScriptedBackend(script, models or ["m"])
+    async def make(script: Script = answer_ok, models: list[str] | None = None,
+                   tls: ssl.SSLContext | None = None) -> ScriptedBackend:
+        backend = ScriptedBackend(script, models or ["m"], tls=tls)
         started.append(await backend.start())
         return backend
 

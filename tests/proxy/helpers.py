@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import sys
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
@@ -102,13 +103,15 @@ class ScriptedBackend:
     server: asyncio.AbstractServer | None = None
     port: int = 0
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # a proxied request's client went away
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this server context
+    models_page: bytes | None = None  # /v1/models answered with these bytes instead of `models`
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def start(self) -> ScriptedBackend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -126,6 +129,8 @@ class ScriptedBackend:
                     body = METRICS_PAGE if request.path == "/metrics" else (
                         json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}).encode()
                         if request.path == "/v1/models" else b"{}")
+                    if request.path == "/v1/models" and self.models_page is not None:
+                        body = self.models_page
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
                     continue
                 self.seen.append(request)

@@ -8,6 +8,7 @@ import json
 
 import httpx
 
+from bench.procs import free_port
 from kvroute.proxy.sse import MAX_EVENT_BYTES
 from kvroute.proxy.upstream import FETCH_LIMIT
 from kvroute.sse_lines import split_events
@@ -185,3 +186,29 @@ async def test_hostile_label_values_are_a_parse_error_not_a_crash(scripted, monk
         assert polled(gw, backend).last_error.startswith("parse")
         # The router is up and answers (the backend's health is the poller's business).
         assert (await client.get(base(gw) + "/v1/models")).status_code in (200, 503)
+
+
+async def test_models_stays_200_beside_a_dead_backend_and_ones_whose_model_list_lies(scripted) -> None:
+    good = await scripted()  # serves "m"
+    garbled = await scripted()
+    garbled.models_page = b'{"object": "list", "data": "not a list"}'
+
+    async def no_such_model(ex: Exchange) -> None:
+        await ex.json(404, b'{"error": {"message": "The model `ghost` does not exist.", "type": "NotFoundError", '
+                           b'"param": null, "code": 404}}')
+
+    liar = await scripted(no_such_model, models=["ghost"])  # lists a model it then says it does not have
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with running_gateway([good.url, garbled.url, liar.url, dead]) as gw, httpx.AsyncClient() as client:
+        listing = await client.get(base(gw) + "/v1/models")
+        assert listing.status_code == 200
+        assert sorted(entry["id"] for entry in listing.json()["data"]) == ["ghost", "m"]
+        assert not polled(gw, garbled).healthy and "/v1/models" in polled(gw, garbled).last_error
+        for _ in range(4):  # only the good backend serves "m"
+            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
+            assert response.status_code == 200
+        ghost = await client.post(base(gw) + "/v1/chat/completions", headers=JSON,
+                                  content=chat_body(model="ghost"))
+        assert ghost.status_code == 404 and "ghost" in ghost.json()["error"]["message"]  # its own answer, relayed
+        assert len(good.seen) == 4 and garbled.seen == [] and len(liar.seen) == 1
+        assert in_flight(gw) == 0

@@ -24,10 +24,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException  # also what an unknown path or method raises
 
+from kvroute.admin import audit
 from kvroute.admin.observe import CONTENT_TYPE
 from kvroute.admin.worker_snapshots import summed_in_flight
 from kvroute.config import U64_MAX, as_dict, check_admin_exposure, is_loopback
-from kvroute.control.fleet import Backend, Fleet
+from kvroute.control.fleet import Backend, Fleet, backend_id_for
 from kvroute.control.operator import Conflict, NotFound, OperatorError
 from kvroute.proxy.http import error_object
 
@@ -108,6 +109,7 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            audit.refused(request, "missing or wrong admin token")
             raise AdminError(401, "missing or wrong admin token", "authentication_error")
 
     app = FastAPI(title="kvroute admin", version="1", docs_url="/docs", openapi_url="/openapi.json",
@@ -151,6 +153,16 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
     def backend_state(backend_id: str) -> dict[str, Any]:
         return backend_states([operator.backend(backend_id)])[0]
 
+    def placement(backend_id: str) -> dict[str, Any] | None:
+        """What an operator's change to a backend alters, for the audit line."""
+        backend = fleet.get(backend_id)
+        if backend is None:
+            return None
+        return {"url": backend.url, "drained": backend.drained, "retiring": backend.retiring}
+
+    def changed(request: Request, action: str, target: str, before: Any, after: Any) -> None:
+        audit.changed(request, bool(settings.admin_token), action, target, before, after)
+
     @app.get("/admin/backends", dependencies=guarded, summary="Every backend with its full state")
     async def list_backends() -> dict[str, Any]:
         return {"backends": backend_states(fleet.all())}
@@ -160,33 +172,40 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
         return backend_state(backend_id)
 
     @app.post("/admin/backends", dependencies=guarded, status_code=201, summary="Add a backend")
-    async def add_backend(body: BackendIn) -> dict[str, Any]:
+    async def add_backend(body: BackendIn, request: Request) -> dict[str, Any]:
+        try:
+            before = placement(backend_id_for(body.url))  # a retiring backend revived
+        except ValueError:
+            before = None  # a bad URL: the operator refuses it just below
         backend_id = await operator.add(body.url)
         shared.added(body.url)
-        log.info("admin: added backend %s", backend_id)
+        changed(request, "add_backend", backend_id, before, placement(backend_id))
         return backend_state(backend_id)
 
     @app.delete("/admin/backends/{backend_id}", dependencies=guarded,
                 summary="Remove a backend: drained now, removed when nothing is in flight on it")
-    async def remove_backend(backend_id: str) -> dict[str, Any]:
+    async def remove_backend(backend_id: str, request: Request) -> dict[str, Any]:
+        before = placement(backend_id)
         operator.remove(backend_id)
         shared.removed(backend_id)
-        log.info("admin: removing backend %s", backend_id)
+        changed(request, "remove_backend", backend_id, before, placement(backend_id))
         return {"id": backend_id, "removed": fleet.get(backend_id) is None}
 
     @app.post("/admin/backends/{backend_id}/drain", dependencies=guarded,
               summary="Finish in-flight requests, take no new ones")
-    async def drain(backend_id: str) -> dict[str, Any]:
+    async def drain(backend_id: str, request: Request) -> dict[str, Any]:
+        before = placement(backend_id)
         operator.drain(backend_id, True)
         shared.drained(backend_id, True)
-        log.info("admin: drained backend %s", backend_id)
+        changed(request, "drain", backend_id, before, placement(backend_id))
         return backend_state(backend_id)
 
     @app.post("/admin/backends/{backend_id}/undrain", dependencies=guarded, summary="Take new requests again")
-    async def undrain(backend_id: str) -> dict[str, Any]:
+    async def undrain(backend_id: str, request: Request) -> dict[str, Any]:
+        before = placement(backend_id)
         operator.drain(backend_id, False)
         shared.drained(backend_id, False)
-        log.info("admin: undrained backend %s", backend_id)
+        changed(request, "undrain", backend_id, before, placement(backend_id))
         return backend_state(backend_id)
 
     @app.get("/admin/policy", dependencies=guarded, summary="Routing policy, its weights, admission limits")
@@ -194,12 +213,13 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
         return operator.policy()
 
     @app.put("/admin/policy", dependencies=guarded, summary="Change policy, weights and/or admission limits")
-    async def put_policy(body: PolicyUpdate) -> dict[str, Any]:
+    async def put_policy(body: PolicyUpdate, request: Request) -> dict[str, Any]:
         limits = body.model_dump(exclude_none=True, exclude={"policy", "weights"})
+        before = operator.policy()
         operator.set_policy(body.policy, body.weights, limits)
         state = operator.policy()
         shared.policy(state["policy"], state["weights"], limits)
-        log.info("admin: policy now %s", state)
+        changed(request, "set_policy", "policy", before, state)
         return state
 
     @app.get("/admin/stats", dependencies=guarded, summary="Router-wide counters and fleet summary")

@@ -57,7 +57,8 @@ class ControlPlane:
         self.operator.set_limits(start_limits(settings))
         # Its own pool, not the data plane's: poll connections stay warm whatever clients do, and
         # the same raw client keeps a poll round from showing in the requests' tail latency.
-        self.client = UpstreamPool(connect_timeout=settings.poll_timeout, max_idle_per_target=4)
+        self.client = UpstreamPool(connect_timeout=settings.poll_timeout, max_idle_per_target=4,
+                                   ca_file=settings.backend_ca_file, verify=settings.backend_tls_verify)
         self.poller = Poller(fleet, self.client, settings, errors=self.errors)
         discovery.Reconciler(fleet, "static").apply(
             {target.url: target for target in (discovery.Target(url.rstrip("/")) for url in settings.backend)})

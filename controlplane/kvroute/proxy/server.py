@@ -278,7 +278,8 @@ class ProxyServer:
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self.pool = UpstreamPool(settings.connect_timeout)
+        self.pool = UpstreamPool(settings.connect_timeout, ca_file=settings.backend_ca_file,
+                                 verify=settings.backend_tls_verify)
         self.dispatcher = Dispatcher(settings, router, fleet, observer, self.pool, lambda: self.draining)
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None

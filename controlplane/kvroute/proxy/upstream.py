@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from kvroute.proxy import http
+from kvroute.tls import backend_context
 
 # Past this many unread body bytes the upstream socket stops being read: a slow client slows the
 # backend's stream through TCP back-pressure instead of growing the router's memory.
@@ -253,9 +254,11 @@ def _expire(waiter: asyncio.Future[None], what: str) -> None:
 class UpstreamPool:
     """Idle keep-alive connections per backend, last in first out (the warmest socket goes first)."""
 
-    def __init__(self, connect_timeout: float, max_idle_per_target: int = 1024) -> None:
+    def __init__(self, connect_timeout: float, max_idle_per_target: int = 1024, *, ca_file: str = "",
+                 verify: bool = True) -> None:
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
+        self._tls_settings = (ca_file, verify)
         self.max_idle_per_target = max_idle_per_target
         self._idle: dict[Target, list[UpstreamConnection]] = {}
         self._targets: dict[str, Target] = {}
@@ -328,8 +331,8 @@ class UpstreamPool:
         factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self, target)  # noqa: E731
         tls = None
         if target.tls:
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+            if self._ssl is None:  # made on first use: a fleet without https never loads the CA store
+                self._ssl = backend_context(*self._tls_settings)
             tls = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
