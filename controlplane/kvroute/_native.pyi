@@ -1,5 +1,5 @@
 # Hand-written stub of the native core (rust/py). Checked by `python -m mypy.stubtest kvroute._native`.
-from typing import Any, Final, Literal, Self, Sequence, final
+from typing import Any, Final, Literal, Mapping, Self, Sequence, final
 
 __all__ = [
     "__version__",
@@ -13,6 +13,7 @@ __all__ = [
     "Routed",
     "Rejected",
     "Queued",
+    "RateLimiter",
     "Endpoint",
     "Priority",
     "Decision",
@@ -129,3 +130,21 @@ class Router:
     def policy(self) -> tuple[str, dict[str, float]]: ...
     def set_admission(self, tier: Priority, *, max_queue: int | None = None, max_wait_ms: float | None = None) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
+
+@final
+class RateLimiter:
+    """Per-API-key token buckets: requests per second (a one-second burst) and tokens per minute (a
+    one-minute burst); 0 is unlimited. `per_key` maps a key to (requests_per_s, tokens_per_min).
+    `now` is the caller's clock in seconds."""
+    def __new__(
+        cls,
+        *,
+        requests_per_s: float = 0.0,
+        tokens_per_min: float = 0.0,
+        per_key: Mapping[str, tuple[float, float]] = {},
+        max_keys: int = 65536,
+    ) -> Self: ...
+    def enabled(self) -> bool: ...
+    def admit(self, key: str, prompt_tokens: int, now: float) -> tuple[str, float] | None: ...
+    def charge(self, key: str, tokens: int, now: float) -> None: ...
+    def tracked_keys(self) -> int: ...

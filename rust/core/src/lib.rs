@@ -6,6 +6,7 @@
 //! - `scorer`: the named per-candidate scores policies are built from;
 //! - `outcome`: the decision values and the branch and reason names they carry;
 //! - `admission`: priority tiers and their limits;
+//! - `ratelimit`: per-API-key request and token buckets;
 //! - `policy`: policy names and weights; `snapshot`: the plain value tree for introspection.
 pub mod admission;
 pub mod backend;
@@ -15,6 +16,7 @@ pub mod index;
 mod json_depth;
 pub mod outcome;
 pub mod policy;
+pub mod ratelimit;
 pub mod request;
 pub mod rng;
 pub mod router;

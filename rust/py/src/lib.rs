@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 mod errors;
+mod ratelimit;
 use errors::to_pyerr;
 
 /// Bodies at least this large are parsed and hashed with the GIL released: below it, releasing
@@ -336,6 +337,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Routed>()?;
     m.add_class::<Rejected>()?;
     m.add_class::<Queued>()?;
+    m.add_class::<ratelimit::RateLimiter>()?;
     // The stub's type aliases exist at runtime too, so `from kvroute._native import Decision` works
     // outside annotations and stubtest can check them.
     let py = m.py();
