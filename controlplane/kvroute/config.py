@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from kvroute._native import InvalidConfig, RateLimiter, Router
 from kvroute.tls import backend_context
 
 ENV_PREFIX = "KVROUTE_"
@@ -91,6 +92,12 @@ class Settings:
     debug_headers: bool = False
     forward_api_key: bool = False
     api_key_tiers: dict[str, str] = field(default_factory=dict)
+    # Per API key (the client's bearer token; requests without one share the key ""): requests per
+    # second and tokens per minute, 0 for no limit; the *_by_key mappings set a key's own limits.
+    rate_limit_rps: float = 0.0
+    rate_limit_tpm: float = 0.0
+    rate_limit_rps_by_key: dict[str, float] = field(default_factory=dict)
+    rate_limit_tpm_by_key: dict[str, float] = field(default_factory=dict)
 
     # Control plane.
     poll_interval: float = 1.0
@@ -119,6 +126,10 @@ _HELP = {
     "backend_ca_file": "PEM CA bundle that https:// backends' certificates must chain to (default: the system store)",
     "backend_tls_verify": "verify https:// backends' certificates and host names (false: trust any, for testing only)",
     "policy_weights": "weights of the policy, e.g. recompute_weight=10,content_weight=50 (docs/routing.md)",
+    "rate_limit_rps": "requests per second allowed per API key (0: no limit); over it: 429 with Retry-After",
+    "rate_limit_tpm": "tokens (prompt + output) per minute allowed per API key (0: no limit)",
+    "rate_limit_rps_by_key": "a key's own requests per second, e.g. sk-a=50,sk-b=5 (better from the YAML file)",
+    "rate_limit_tpm_by_key": "a key's own tokens per minute, e.g. sk-a=1000000",
 }
 
 
@@ -190,7 +201,7 @@ POSITIVE = frozenset({
 NON_NEGATIVE = frozenset({
     "breaker_cooldown", "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
     "retry_attempts", "retry_budget", "grace_period", "queue_timeout", "keepalive_timeout",
-    "request_read_timeout", "wait_queue_size",
+    "request_read_timeout", "wait_queue_size", "rate_limit_rps", "rate_limit_tpm",
     "queue_threshold_high", "queue_threshold_normal", "queue_threshold_low",
     "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
 })
@@ -251,8 +262,7 @@ def validate(settings: Settings) -> Settings:
         except (ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"configuration: key 'backend_ca_file': {settings.backend_ca_file!r} holds no usable "
                               f"PEM certificate: {exc}") from None
-    from kvroute._native import InvalidConfig, Router  # the core owns policy names, weights and block sizes
-
+    # The core owns policy names, weights, block sizes and rate limits: it checks them.
     try:
         router = Router(settings.policy, block_tokens=settings.block_tokens, bytes_per_token=settings.bytes_per_token)
     except (InvalidConfig, OverflowError) as exc:  # OverflowError: block_tokens beyond the core's u32
@@ -267,6 +277,10 @@ def validate(settings: Settings) -> Settings:
         if not isinstance(key, str) or not key or tier not in ("high", "normal", "low"):
             raise ConfigError(f"configuration: key 'api_key_tiers': {key!r} maps to {tier!r}; each API key must map "
                               "to one of high, normal, low")
+    try:
+        rate_limiter(settings)
+    except InvalidConfig as exc:
+        raise ConfigError(f"configuration: key 'rate_limit_rps_by_key' or 'rate_limit_tpm_by_key': {exc}") from None
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")
@@ -344,6 +358,18 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     return settings
 
 
+def rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The core's per-key buckets for one worker process, None when nothing is limited. Each of
+    `workers` processes gets its share of every rate: the kernel spreads connections over them."""
+    share = 1.0 / max(1, settings.workers)
+    keys = set(settings.rate_limit_rps_by_key) | set(settings.rate_limit_tpm_by_key)
+    per_key = {key: (settings.rate_limit_rps_by_key.get(key, settings.rate_limit_rps) * share,
+                     settings.rate_limit_tpm_by_key.get(key, settings.rate_limit_tpm) * share) for key in keys}
+    limiter = RateLimiter(requests_per_s=settings.rate_limit_rps * share,
+                          tokens_per_min=settings.rate_limit_tpm * share, per_key=per_key)
+    return limiter if limiter.enabled() else None
+
+
 def fingerprint(secret: str) -> str:
     """A name for a secret that an operator can match against their own copy, and that gives it away
     to nobody: the start of its SHA-256."""
@@ -354,7 +380,8 @@ def as_dict(settings: Settings) -> dict[str, Any]:
     """Plain values for the admin API: the admin token and the API keys never leave the process."""
     values = dataclasses.asdict(settings)
     values["admin_token"] = "***" if settings.admin_token else ""
-    values["api_key_tiers"] = {fingerprint(key): tier for key, tier in settings.api_key_tiers.items()}
+    for name in ("api_key_tiers", "rate_limit_rps_by_key", "rate_limit_tpm_by_key"):
+        values[name] = {fingerprint(key): value for key, value in getattr(settings, name).items()}
     return values
 
 

@@ -26,7 +26,8 @@ def audit_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 async def test_changes_are_audited_and_secrets_stay_inside(sims, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    async with full_gateway(backend=sims.urls[:1], admin_token=TOKEN, api_key_tiers={API_KEY: "high"}) as gw, \
+    async with full_gateway(backend=sims.urls[:1], admin_token=TOKEN, api_key_tiers={API_KEY: "high"},
+                            rate_limit_rps_by_key={API_KEY: 100.0}) as gw, \
             httpx.AsyncClient() as client:
         admin = f"http://127.0.0.1:{gw.admin.port}"
         proxied = await client.post(f"http://127.0.0.1:{gw.proxy.port}/v1/chat/completions", content=chat(),
@@ -49,7 +50,9 @@ async def test_changes_are_audited_and_secrets_stay_inside(sims, caplog: pytest.
     assert drained.audit_peer.startswith("127.0.0.1:")  # type: ignore[attr-defined]
     assert policy.audit_before["policy"] != "least_load" and policy.audit_after["policy"] == "least_load"  # type: ignore[attr-defined]
     assert refused.levelno == logging.WARNING and "wrong admin token" in refused.getMessage()
-    assert json.loads(answers[0])["api_key_tiers"] == {fingerprint(API_KEY): "high"}
+    config = json.loads(answers[0])
+    assert config["api_key_tiers"] == {fingerprint(API_KEY): "high"}
+    assert config["rate_limit_rps_by_key"] == {fingerprint(API_KEY): 100.0}
     assert fingerprint(API_KEY) == "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()[:12]
     for record in caplog.records:
         if not record.name.startswith(("kvroute", "uvicorn")):

@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Callable
 
 from kvroute._native import KvrouteError, MalformedRequest, Queued, Rejected, Routed
+from kvroute.config import rate_limiter
 from kvroute.logs import request_id
 from kvroute.proxy import http
 from kvroute.proxy.sse import (MAX_EVENT_BYTES, OversizedEvent, StreamScanner, Usage, ask_for_usage, error_event,
@@ -44,6 +45,8 @@ _RETRYABLE_STATUS = frozenset({502, 503, 504})
 _ENDS_WITH_DONE = frozenset({b"/v1/chat/completions", b"/v1/completions"})
 # How often a queued request asks the core again even if no release in this process woke it.
 _RECHECK_S = 1.0
+# The core's names of the rate limits, as a client reads them.
+_LIMITS = {"requests_per_s": "requests per second", "tokens_per_min": "tokens per minute"}
 # Client headers the router consumes or re-frames instead of forwarding.
 _NOT_FORWARDED = http.HOP_BY_HOP | {b"x-request-id", b"x-priority"}
 
@@ -99,6 +102,7 @@ class Dispatcher:
         # config.validate checked every tier named here.
         self.api_key_tiers: dict[bytes, Priority] = {key.encode(): PRIORITIES[tier.encode()]
                                                      for key, tier in settings.api_key_tiers.items()}
+        self.limiter = rate_limiter(settings)  # None: no key is limited, nothing to ask
 
     def _keep_alive(self, req: Request) -> bool:
         """Whether this answer keeps the connection open: the client asked for it and we are not draining."""
@@ -185,6 +189,27 @@ class Dispatcher:
             return self._error(conn, req, 400, "x-priority must be one of high, normal, low", "invalid_priority",
                                param="x-priority", rid=rid)
         req.priority = priority
+        limiter = self.limiter
+        if limiter is None:
+            return await self._route_and_send(conn, req, endpoint, rid)
+        key = self._api_key(req).decode(errors="replace")
+        estimate = int(len(req.body) / self.settings.bytes_per_token)  # the core's own estimate of a prompt
+        limited = limiter.admit(key, estimate, self.loop.time())
+        if limited is not None:
+            limit, wait_s = limited
+            return self._error(conn, req, 429, f"this API key is over its limit of {_LIMITS[limit]}; retry in "
+                               f"{wait_s:.1f} s",
+                               "rate_limit_exceeded", rid=rid, extra=[b"retry-after: %d\r\n" % max(1, math.ceil(wait_s))])
+        try:
+            await self._route_and_send(conn, req, endpoint, rid)
+        finally:
+            # Settle against what the backends reported. A request that reached none gets its
+            # estimate back; one that did but reported nothing (an error, a cut) keeps it.
+            used = req.tokens if req.tokens or not req.backend else estimate
+            limiter.charge(key, used - estimate, self.loop.time())
+
+    async def _route_and_send(self, conn: Client, req: Request, endpoint: Endpoint, rid: bytes) -> None:
+        priority = req.priority
         session = req.header(b"x-session-id")
         session_key = session.decode(errors="replace") if session is not None else None
         router = self.router
@@ -229,10 +254,16 @@ class Dispatcher:
         if given is not None:
             return PRIORITIES.get(given.strip().lower())
         if self.api_key_tiers:
-            auth = req.header(b"authorization")
-            if auth is not None and auth[:7].lower() == b"bearer ":
-                return self.api_key_tiers.get(auth[7:].strip(), "normal")
+            return self.api_key_tiers.get(self._api_key(req), "normal")
         return "normal"
+
+    @staticmethod
+    def _api_key(req: Request) -> bytes:
+        """The client's bearer token, b"" without one."""
+        auth = req.header(b"authorization")
+        if auth is not None and auth[:7].lower() == b"bearer ":
+            return auth[7:].strip()
+        return b""
 
     async def _wait_turn(self, queued: Queued) -> Routed | Rejected | None:
         """Hold a queued request until the core routes or rejects it; None past `queue_timeout`.
@@ -351,6 +382,8 @@ class Dispatcher:
             if up is not None:
                 up.finish()
             self._release(routed.ticket, ok, usage, loop.time() - started)
+            if usage is not None and usage.seen:
+                req.tokens += usage.prompt_tokens + usage.completion_tokens
 
     def _answered(self, backend_id: str, status: int) -> bool:
         """Record a whole answer for the backend's health; True when it may teach the core the

@@ -7,7 +7,7 @@ from typing import Protocol
 
 class Request:
     __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11", "reject",
-                 "status", "streaming", "backend", "model", "ttft", "priority")
+                 "status", "streaming", "backend", "model", "ttft", "priority", "tokens")
 
     def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                  keep_alive: bool, http11: bool, reject: int) -> None:
@@ -27,6 +27,7 @@ class Request:
         self.model = ""
         self.ttft: float | None = None
         self.priority = "normal"
+        self.tokens = 0  # prompt + output tokens the backends reported (usage), for rate limits
 
     @property
     def responded(self) -> bool:
