@@ -3,7 +3,6 @@ servers, driven over real sockets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -12,7 +11,8 @@ import pytest
 from kvroute.config import ConfigError, Settings
 from kvroute.gateway import Gateway
 from tests.admin.shedding import shed_one_low
-from tests.control.support import chat, full_gateway, wait_until
+from tests.control.support import chat, full_gateway
+from tests.waiting import eventually
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -189,7 +189,7 @@ async def test_500s_trip_the_circuit_and_it_is_probed_back(sims):
         assert {b["id"]: b["circuit"] for b in state}[sick] in ("open", "half_open")
         assert sick not in await send(client, gateway, 4)  # the open circuit keeps clients away
         await sims.set_fault(0, "none")
-        await wait_until(lambda: backend.circuit.value == "closed", "the half-open probe closes it")
+        await eventually(lambda: backend.circuit.value == "closed", "the half-open probe closes it")
         assert sick in await send(client, gateway, 4)
 
 
@@ -200,7 +200,7 @@ async def test_stats_metrics_and_docs(sims):
         gateway.observer.request_done("sim-model", bid(sims.urls[0]), 200, "normal", 0.05, 0.2)
         shed_one_low(gateway.router, "sim-model")
         await sims.set_fault(1, "metrics_fail")
-        await wait_until(lambda: gateway.fleet.get(bid(sims.urls[1])).stale, "a poll error")
+        await eventually(lambda: gateway.fleet.get(bid(sims.urls[1])).stale, "a poll error")
         stats = (await client.get(base + "/admin/stats")).json()
         assert stats["backends"]["total"] == 2 and stats["requests_total"] >= 1
         assert stats["policy"] == "round_robin" and "block_tokens" in stats["core"]

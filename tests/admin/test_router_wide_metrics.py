@@ -11,8 +11,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvroute.sim import SimFleet
-from tests.admin.workers import serve_workers
 from tests.control.support import chat
+from tests.procs import QUICK, serve_process
 
 
 async def post_chat(port: int, **extra: object) -> httpx.Response:
@@ -42,7 +42,7 @@ async def admin_json(admin: int, path: str) -> dict:
 
 async def test_worker_zero_reports_the_requests_and_in_flight_counts_of_every_worker():
     async with SimFleet(instances=1, per_token_delay=0.05, default_max_tokens=4) as sims, \
-            serve_workers("--backend", sims.urls[0]) as (process, port, admin):
+            serve_process(*QUICK, "--backend", sims.urls[0], workers=2) as (process, port, admin):
         requests = 20
         for _ in range(requests):
             await post_chat(port)

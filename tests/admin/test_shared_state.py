@@ -17,8 +17,9 @@ import httpx
 
 from kvroute.config import Settings
 from kvroute.gateway import Gateway
-from tests.admin.workers import serve_workers
-from tests.control.support import FAST, chat, full_gateway, wait_until
+from tests.control.support import FAST, chat, full_gateway
+from tests.procs import QUICK, serve_process
+from tests.waiting import eventually
 
 
 def bid(url: str) -> str:
@@ -45,26 +46,26 @@ async def test_admin_changes_reach_a_worker_without_the_admin_api_and_survive_a_
         admin = f"http://127.0.0.1:{first.admin.port}/admin"
         fleet = second.fleet
         assert (await http.post(f"{admin}/backends/{a}/drain")).status_code == 200
-        await wait_until(lambda: fleet.get(a).drained, "the drain reaches the other worker")
+        await eventually(lambda: fleet.get(a).drained, "the drain reaches the other worker")
         answer = await http.post(f"http://127.0.0.1:{second.proxy.port}/v1/chat/completions", content=chat(),
                                  headers={"content-type": "application/json"})
         assert answer.status_code == 200 and answer.headers["x-kvroute-backend"] == b
 
         update = {"policy": "least_inflight", "queue_threshold_low": 7}
         assert (await http.put(f"{admin}/policy", json=update)).status_code == 200
-        await wait_until(lambda: second.router.policy()[0] == "least_inflight", "the policy reaches it")
+        await eventually(lambda: second.router.policy()[0] == "least_inflight", "the policy reaches it")
         assert second.control.operator.limits()["queue_threshold_low"] == 7
         assert dict(second.router.policy()[1]) == dict(first.router.policy()[1])
 
         assert (await http.post(f"{admin}/backends/{a}/undrain")).status_code == 200
-        await wait_until(lambda: not fleet.get(a).drained, "the undrain reaches it")
+        await eventually(lambda: not fleet.get(a).drained, "the undrain reaches it")
         assert (await http.delete(f"{admin}/backends/{b}")).status_code == 200
-        await wait_until(lambda: fleet.get(b) is None, "the removal reaches it")
+        await eventually(lambda: fleet.get(b) is None, "the removal reaches it")
         assert (await http.post(f"{admin}/backends", json={"url": sims.urls[1]})).status_code == 201
-        await wait_until(lambda: fleet.get(b) is not None and fleet.get(b).routable(), "the re-add reaches it")
+        await eventually(lambda: fleet.get(b) is not None and fleet.get(b).routable(), "the re-add reaches it")
         assert fleet.get(b).source == "admin"
         assert (await http.post(f"{admin}/backends/{b}/drain")).status_code == 200
-        await wait_until(lambda: fleet.get(b).drained, "the second drain reaches it")
+        await eventually(lambda: fleet.get(b).drained, "the second drain reaches it")
 
     # A restart with the same file starts from the changes: in force before the first request.
     async with full_gateway(backend=sims.urls[:1], admin_state_file=state_file) as restarted:
@@ -85,7 +86,8 @@ async def test_an_unreadable_state_file_changes_nothing(sims, tmp_path):
 
 async def test_serve_workers_all_follow_a_drain(sims):
     a, b = (bid(url) for url in sims.urls)
-    async with serve_workers("--backend", sims.urls[0], "--backend", sims.urls[1]) as (process, port, admin):
+    async with serve_process(*QUICK, "--backend", sims.urls[0], "--backend", sims.urls[1],
+                             workers=2) as (process, port, admin):
         state_file = Path(tempfile.gettempdir()) / f"kvroute-{process.pid}-admin-state.json"
         async with httpx.AsyncClient() as http:
             drained = await http.post(f"http://127.0.0.1:{admin}/admin/backends/{a}/drain")

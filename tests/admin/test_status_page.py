@@ -7,7 +7,8 @@ import shutil
 import httpx
 import pytest
 
-from tests.control.support import chat, full_gateway, wait_until
+from tests.control.support import chat, full_gateway
+from tests.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
@@ -23,7 +24,7 @@ async def test_status_page_shows_a_row_per_backend(sims, tmp_path):
             httpx.AsyncClient(timeout=30) as client:
         await sims.set_fault(1, "metrics_fail")
         sick = sims.urls[1].removeprefix("http://")
-        await wait_until(lambda: not gateway.fleet.get(sick).healthy, "backend 1 unhealthy")
+        await eventually(lambda: not gateway.fleet.get(sick).healthy, "backend 1 unhealthy")
         proxy = f"http://127.0.0.1:{gateway.proxy.port}/v1/chat/completions"
         for i in range(3):
             await client.post(proxy, content=chat(text=f"page {i}"), headers={"content-type": "application/json"})

@@ -4,10 +4,9 @@ every wait is bounded by a timeout, and nothing asserts on elapsed time."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import pytest
 
@@ -17,15 +16,6 @@ from kvroute.sim import SimFleet
 
 FAST = dict(poll_interval=0.2, poll_timeout=0.2, unhealthy_after=2, healthy_after=2,
             breaker_failures=3, breaker_cooldown=0.3, policy="round_robin")
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
 
 
 def chat(model: str = "sim-model", text: str = "hello there", **extra: object) -> bytes:

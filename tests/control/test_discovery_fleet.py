@@ -9,7 +9,8 @@ import httpx
 from kvroute.control.discovery import DnsDiscovery
 from kvroute.config import Settings
 from kvroute.gateway import Gateway
-from tests.control.support import FAST, chat, control_only, full_gateway, wait_until
+from tests.control.support import FAST, chat, control_only, full_gateway
+from tests.waiting import eventually
 
 
 def bid(url: str) -> str:
@@ -32,7 +33,7 @@ async def test_file_reload_drains_removed_backends_without_dropping_streams(sims
             replacement = tmp_path / "backends.yaml.new"
             replacement.write_text(f"backends:\n  - url: {sims.urls[1]}\n")
             os.replace(replacement, path)
-            await wait_until(lambda: gateway.fleet.get(second) is not None
+            await eventually(lambda: gateway.fleet.get(second) is not None
                              and gateway.fleet.get(second).routable(), "the new backend serves")
             old = gateway.fleet.get(first)
             assert old is not None and old.retiring and old.draining  # still there: a stream is running
@@ -40,7 +41,7 @@ async def test_file_reload_drains_removed_backends_without_dropping_streams(sims
             assert response.headers["x-kvroute-backend"] == second
             rest = [line async for line in lines]
         assert "data: [DONE]" in rest
-        await wait_until(lambda: gateway.fleet.get(first) is None, "removed once its stream ended")
+        await eventually(lambda: gateway.fleet.get(first) is None, "removed once its stream ended")
         assert first not in gateway.router.backend_ids()
 
 
@@ -62,10 +63,10 @@ async def test_dns_discovery_follows_records(sims):
         assert ids() == {f"127.0.0.1:{port}"}
         assert gateway.fleet.get(f"127.0.0.1:{port}").healthy
         records.append("::1")  # a second record: added (nothing listens there, so it stays unhealthy)
-        await wait_until(lambda: ids() == {f"127.0.0.1:{port}", f"[::1]:{port}"}, "the new record is a backend")
-        await wait_until(lambda: not gateway.fleet.get(f"[::1]:{port}").healthy, "polled, found dead")
+        await eventually(lambda: ids() == {f"127.0.0.1:{port}", f"[::1]:{port}"}, "the new record is a backend")
+        await eventually(lambda: not gateway.fleet.get(f"[::1]:{port}").healthy, "polled, found dead")
         records.remove("127.0.0.1")
-        await wait_until(lambda: gateway.fleet.get(f"127.0.0.1:{port}") is None, "the dropped record leaves")
+        await eventually(lambda: gateway.fleet.get(f"127.0.0.1:{port}") is None, "the dropped record leaves")
     finally:
         await gateway.control.stop()
 
@@ -90,14 +91,14 @@ async def test_kubernetes_discovery_drives_the_fleet(sims):
                                 k8s_port_name="http", k8s_api_server=api, poll_interval=0.5,
                                 poll_timeout=0.5) as gateway:
             fleet = gateway.fleet
-            await wait_until(lambda: fleet.get(ids[0]) is not None and fleet.get(ids[0]).routable(),
+            await eventually(lambda: fleet.get(ids[0]) is not None and fleet.get(ids[0]).routable(),
                              "the first slice's endpoint serves")
             await slices.create(endpoint_slice("vllm-b", [ready("127.0.0.1")], port=ports[1], namespace="inference"))
-            await wait_until(lambda: fleet.get(ids[1]) is not None and fleet.get(ids[1]).routable(),
+            await eventually(lambda: fleet.get(ids[1]) is not None and fleet.get(ids[1]).routable(),
                              "an added slice's endpoint serves")
             await slices.patch("vllm-b", {"endpoints": [terminating("127.0.0.1")]}, ns="inference")
-            await wait_until(lambda: fleet.get(ids[1]).draining, "a terminating endpoint drains")
+            await eventually(lambda: fleet.get(ids[1]).draining, "a terminating endpoint drains")
             await slices.delete("vllm-a", ns="inference")
-            await wait_until(lambda: fleet.get(ids[0]) is None, "a deleted slice's endpoint leaves")
+            await eventually(lambda: fleet.get(ids[0]) is None, "a deleted slice's endpoint leaves")
             assert fleet.get(ids[1]) is not None and not fleet.get(ids[1]).routable()
             assert {b.id for b in fleet.all()} <= set(ids)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 
 from kvroute._native import Rejected, Routed
-from tests.control.support import chat, control_only, wait_until
+from tests.control.support import chat, control_only
+from tests.waiting import eventually
 
 
 def backend_of(url: str) -> str:
@@ -42,11 +43,11 @@ async def test_metrics_failure_goes_stale_then_unhealthy_then_recovers(sims):
     async with control_only(backend=sims.urls) as gateway:
         sick = gateway.fleet.get(backend_of(sims.urls[0]))
         await sims.set_fault(0, "metrics_fail")
-        await wait_until(lambda: sick.stale, "stale after a failed poll")
-        await wait_until(lambda: not sick.healthy, "unhealthy after K failed polls")
+        await eventually(lambda: sick.stale, "stale after a failed poll")
+        await eventually(lambda: not sick.healthy, "unhealthy after K failed polls")
         assert sick.id not in route_many(gateway)
         await sims.set_fault(0, "none")
-        await wait_until(lambda: sick.healthy and not sick.stale, "healthy after M good polls")
+        await eventually(lambda: sick.healthy and not sick.stale, "healthy after M good polls")
         assert sick.id in route_many(gateway)
 
 
@@ -61,25 +62,25 @@ async def test_frozen_metrics_under_load_count_as_stale(sims):
         long = asyncio.create_task(client.post(sims.urls[0] + "/v1/chat/completions",
                                                content=chat(max_tokens=4000, ignore_eos=True),
                                                headers={"content-type": "application/json"}))
-        await wait_until(lambda: frozen.metrics.running == 1, "the long request is running")
+        await eventually(lambda: frozen.metrics.running == 1, "the long request is running")
         await sims.set_fault(0, "metrics_stale")
-        await wait_until(lambda: not frozen.healthy, "unhealthy while its page stands still under load")
+        await eventually(lambda: not frozen.healthy, "unhealthy while its page stands still under load")
         assert frozen.last_error.startswith("stale")
         assert gateway.fleet.get(backend_of(sims.urls[1])).healthy  # idle and unchanged is fine
         long.cancel()
         await asyncio.gather(long, return_exceptions=True)
         await sims.set_fault(0, "none")
-        await wait_until(lambda: frozen.healthy, "healthy once the page moves again")
+        await eventually(lambda: frozen.healthy, "healthy once the page moves again")
 
 
 async def test_crash_and_restart(sims):
     async with control_only(backend=sims.urls) as gateway:
         victim = gateway.fleet.get(backend_of(sims.urls[0]))
         await sims.set_fault(0, "crash")
-        await wait_until(lambda: not victim.healthy, "a crashed backend is unhealthy")
+        await eventually(lambda: not victim.healthy, "a crashed backend is unhealthy")
         assert victim.id not in route_many(gateway)
         await sims.set_fault(0, "none")  # comes back on the same port
-        await wait_until(lambda: victim.healthy, "back after the crash")
+        await eventually(lambda: victim.healthy, "back after the crash")
 
 
 async def test_counter_reset_clears_the_prefix_index(sims):
@@ -102,10 +103,10 @@ async def test_counter_reset_clears_the_prefix_index(sims):
                 assert response.status_code == 200
                 gateway.router.release(decision.ticket, True)
         backend = gateway.fleet.get(backend_id)
-        await wait_until(lambda: backend.metrics.prefix_queries, "counters seen")
+        await eventually(lambda: backend.metrics.prefix_queries, "counters seen")
         assert indexed_blocks() > 0
         await sims.set_fault(0, "restart")  # back at once, counters from zero
-        await wait_until(lambda: indexed_blocks() == 0, "prefix index cleared after the restart")
+        await eventually(lambda: indexed_blocks() == 0, "prefix index cleared after the restart")
         assert backend.healthy or not backend.liveness.known
 
 
@@ -119,10 +120,10 @@ async def test_circuit_opens_on_reported_failures_and_probes_back(sims):
         assert bad.circuit.value == "open"
         assert bad.id not in route_many(gateway)
         # The probe after each cool-down fails while the backend still answers 500: open again.
-        await wait_until(lambda: bad.breaker.trips >= 2, "a failed half-open probe reopens the circuit")
+        await eventually(lambda: bad.breaker.trips >= 2, "a failed half-open probe reopens the circuit")
         assert bad.id not in route_many(gateway)
         await sims.set_fault(0, "none")
-        await wait_until(lambda: bad.circuit.value == "closed", "a passing probe closes the circuit")
+        await eventually(lambda: bad.circuit.value == "closed", "a passing probe closes the circuit")
         assert bad.id in route_many(gateway)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import ssl
-import sys
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -177,43 +175,12 @@ async def running_gateway(backends: list[str], **overrides: object) -> AsyncIter
         await gateway.stop()
 
 
-@contextlib.asynccontextmanager
-async def serve_process(*args: str, workers: int = 1) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`kvroute serve` as a child process on a run-time port; yields it and its port once every worker listens."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvroute.cli", "serve", "--workers", str(workers), "--port", "0", "--admin-port", "0",
-        "--poll-interval", "30", "--log-level", "info", *args, stderr=asyncio.subprocess.PIPE)
-    try:
-        assert process.stderr is not None
-        ports: list[int] = []
-        while len(ports) < workers:
-            line = (await process.stderr.readline()).decode()
-            assert line, "the router exited before listening"
-            if found := re.search(r"kvroute listening on [^ ]+:(\d+)", line):
-                ports.append(int(found.group(1)))
-        assert len(set(ports)) == 1, ports
-        yield process, ports[0]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 def base(gateway: Gateway) -> str:
     return f"http://127.0.0.1:{gateway.proxy.port}"
 
 
 def in_flight(gateway: Gateway) -> int:
     return sum(gateway.router.in_flight(b) for b in gateway.router.backend_ids())
-
-
-async def eventually(check: Callable[[], bool], what: str, tries: int = 500) -> None:
-    """Poll a condition on the event loop (bounded; no wall-clock assertion)."""
-    for _ in range(tries):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
 
 
 def chat_request(body: bytes, version: bytes = b"1.1") -> bytes:

@@ -11,8 +11,10 @@ import httpx
 from kvroute.sim import SimFleet
 from kvroute.sse_lines import split_events
 
-from .helpers import (Exchange, base, chat_body, eventually, in_flight, raw_post, running_gateway, serve_process,
-                      trickle)
+from tests.procs import serve_process
+from tests.waiting import eventually
+
+from .helpers import (Exchange, base, chat_body, in_flight, raw_post, running_gateway, trickle)
 
 JSON = {"content-type": "application/json"}
 
@@ -125,7 +127,7 @@ async def test_idle_gap_mid_stream_ends_with_an_error_event(scripted) -> None:
 
 async def test_sigterm_drains_a_live_stream_to_completion() -> None:
     async with SimFleet(instances=1, per_token_delay=0.01) as fleet:
-        async with serve_process("--backend", fleet.urls[0], "--grace-period", "30") as (process, port):
+        async with serve_process("--backend", fleet.urls[0], "--grace-period", "30") as (process, port, _):
             async with httpx.AsyncClient(timeout=30) as client:
                 async with client.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
                                          content=chat_body(model="sim-model", stream=True, max_tokens=60),

@@ -8,9 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -20,26 +17,14 @@ from kvroute.control.fleet import backend_id_for
 from kvroute.sim import SimFleet
 from kvroute.sse_lines import split_events
 
-from .helpers import base, eventually, in_flight, running_gateway, serve_process
+from tests.procs import serve_process, sim_process
+from tests.waiting import eventually
+
+from .helpers import base, in_flight, running_gateway
 
 STREAMS = 50
 RUNNING = 25  # the killed backend decodes this many at once; the rest wait there for their first token
-
-
-@asynccontextmanager
-async def sim_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """One simulated vLLM server in its own process (so SIGKILL is a real process death); yields it and its URL."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvroute.cli", "sim", "--instances", "1", "--base-port", "0", "--host", "127.0.0.1",
-        *args, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        (url,) = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))["urls"]
-        yield process, url
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-        await process.wait()
+ONE = ("--instances", "1", "--base-port", "0", "--host", "127.0.0.1")  # one simulator per process
 
 
 class Stream:
@@ -81,8 +66,9 @@ def retries(gw) -> float:
 
 
 async def test_sigkill_of_a_backend_with_50_streams_open() -> None:
-    async with sim_process("--per-token-delay", "0.02", "--max-num-seqs", str(RUNNING)) as (victim, victim_url), \
-            sim_process("--per-token-delay", "0.001") as (_, survivor_url):
+    async with sim_process(*ONE, "--per-token-delay", "0.02", "--max-num-seqs", str(RUNNING)) as (victim, started), \
+            sim_process(*ONE, "--per-token-delay", "0.001") as (_, other):
+        (victim_url,), (survivor_url,) = started["urls"], other["urls"]
         victim_id, survivor_id = backend_id_for(victim_url), backend_id_for(survivor_url)
         async with running_gateway([victim_url, survivor_url], debug_headers=True, retry_budget=1.0,
                                    breaker_failures=3, breaker_cooldown=600.0) as gw, \
@@ -92,8 +78,8 @@ async def test_sigkill_of_a_backend_with_50_streams_open() -> None:
             tasks = [asyncio.create_task(s.run(client, base(gw), n)) for n, s in enumerate(streams)]
             # The first RUNNING streams decode; the others wait in the victim's queue, no byte sent.
             await eventually(lambda: sum(s.first_byte.is_set() for s in streams) >= RUNNING, "streams decoding",
-                             tries=6000)
-            await eventually(lambda: in_flight(gw) == STREAMS, "every stream in flight", tries=6000)
+                             timeout=60)
+            await eventually(lambda: in_flight(gw) == STREAMS, "every stream in flight", timeout=60)
             gw.fleet.set_drained(survivor_id, False)
             started = [s for s in streams if s.first_byte.is_set()]
             victim.send_signal(signal.SIGKILL)
@@ -137,7 +123,7 @@ async def open_streams(url: str, count: int, max_tokens: int) -> tuple[list[Stre
                     s.first_byte.set()
 
     tasks = [asyncio.create_task(one(s, n)) for n, s in enumerate(streams)]
-    await eventually(lambda: all(s.first_byte.is_set() for s in streams), "every stream started", tries=6000)
+    await eventually(lambda: all(s.first_byte.is_set() for s in streams), "every stream started", timeout=60)
     return streams, tasks
 
 
@@ -147,7 +133,7 @@ def children(pid: int) -> list[int]:
 
 async def test_sigterm_with_50_streams_open_drains_every_one_to_completion() -> None:
     async with SimFleet(instances=1, per_token_delay=0.01) as fleet:
-        async with serve_process("--backend", fleet.urls[0], "--grace-period", "60") as (process, port):
+        async with serve_process("--backend", fleet.urls[0], "--grace-period", "60") as (process, port, _):
             streams, tasks = await open_streams(f"http://127.0.0.1:{port}", STREAMS, 150)
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(asyncio.gather(*tasks), 120)
@@ -159,7 +145,7 @@ async def test_sigterm_with_50_streams_open_drains_every_one_to_completion() -> 
 
 async def test_sigkill_of_one_worker_spares_the_others_and_the_supervisor_starts_it_again() -> None:
     async with SimFleet(instances=1, per_token_delay=0.02) as fleet:
-        async with serve_process("--backend", fleet.urls[0], workers=2) as (process, port):
+        async with serve_process("--backend", fleet.urls[0], workers=2) as (process, port, _):
             url = f"http://127.0.0.1:{port}"
             before = children(process.pid)
             assert len(before) == 2
@@ -174,7 +160,7 @@ async def test_sigkill_of_one_worker_spares_the_others_and_the_supervisor_starts
             assert lost and finished
             assert all(s.events()[-1] == "[DONE]" for s in finished)
 
-            await eventually(lambda: len(children(process.pid)) == 2, "the worker started again", tries=3000)
+            await eventually(lambda: len(children(process.pid)) == 2, "the worker started again", timeout=30)
             assert before[0] not in children(process.pid) and before[1] in children(process.pid)
             assert process.returncode is None
             await answers_again(url)

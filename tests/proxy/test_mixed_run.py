@@ -15,7 +15,9 @@ import httptools
 
 from kvroute.sim import SimFleet
 
-from .helpers import eventually, in_flight, running_gateway
+from tests.waiting import eventually
+
+from .helpers import in_flight, running_gateway
 
 TOTAL = 10_000
 CONCURRENCY = 32

@@ -10,7 +10,9 @@ import httpx
 
 from kvroute.sim import SimFleet
 
-from .helpers import Exchange, base, chat_body, eventually, in_flight, raw_post, running_gateway
+from tests.waiting import eventually
+
+from .helpers import Exchange, base, chat_body, in_flight, raw_post, running_gateway
 
 SSE_EVENTS = [
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'

@@ -10,7 +10,9 @@ import pytest
 
 from kvroute.sim import SimFleet
 
-from .helpers import (Exchange, base, chat_body, chat_request, eventually, holding, in_flight, raw_exchange,
+from tests.waiting import eventually
+
+from .helpers import (Exchange, base, chat_body, chat_request, holding, in_flight, raw_exchange,
                       raw_post, running_gateway)
 
 JSON = {"content-type": "application/json"}

@@ -9,12 +9,14 @@ import httpx
 
 from kvroute.sim import SimFleet
 
-from .helpers import chat_body, serve_process
+from tests.procs import serve_process
+
+from .helpers import chat_body
 
 
 async def test_workers_share_one_port_and_stop_together() -> None:
     async with SimFleet(instances=1, per_token_delay=0.0) as fleet:
-        async with serve_process("--backend", fleet.urls[0], workers=2) as (process, port):
+        async with serve_process("--backend", fleet.urls[0], workers=2) as (process, port, _):
             for _ in range(20):
                 # A new connection each time, so that the kernel spreads them over the workers.
                 async with httpx.AsyncClient() as client:

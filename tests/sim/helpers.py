@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -56,15 +51,6 @@ def metric(metrics: dict, name: str, **labels: str) -> float:
     return total
 
 
-async def until(cond: Callable[[], bool], what: str = "condition") -> None:
-    """Wait for a state the server reaches asynchronously (bounded; not a timing assertion)."""
-    for _ in range(1000):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} never held")
-
-
 def write_bpe_tokenizer(path: str, corpus: list[str], special_tokens: list[str], vocab_size: int = 400,
                         bos_token: str | None = None) -> str:
     """Train a small byte-level BPE (every byte in the alphabet: any text tokenizes) and save it;
@@ -80,21 +66,3 @@ def write_bpe_tokenizer(path: str, corpus: list[str], special_tokens: list[str],
             single=f"{bos_token} $A", special_tokens=[(bos_token, tok.token_to_id(bos_token))])
     tok.save(path)
     return path
-
-
-@asynccontextmanager
-async def sim_cli(*args: str) -> AsyncIterator[dict[str, Any]]:
-    """Run `kvroute sim ARGS` in a child process; yields its startup line (urls, profile...).
-    Leaving the block sends SIGTERM and requires a clean exit."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from kvroute.sim.cli import main; sys.exit(main(sys.argv[1:]))",
-        *args, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        yield json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

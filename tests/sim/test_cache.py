@@ -8,7 +8,9 @@ import aiohttp
 
 from kvroute.sim import SimFleet
 
-from .helpers import metric, parse_metrics, sse_events, until
+from tests.waiting import eventually
+
+from .helpers import metric, parse_metrics, sse_events
 
 
 async def complete(http: aiohttp.ClientSession, url: str, prompt: list[int] | str, max_tokens: int = 1) -> dict:
@@ -118,14 +120,14 @@ async def test_client_disconnect_aborts(http: aiohttp.ClientSession) -> None:
                              json={"prompt": list(range(40)), "max_tokens": 10_000, "stream": True}) as r:
             await r.content.readuntil(b"\n\n")
             assert eng.kv.num_free < eng.kv.usable_blocks
-        await until(lambda: eng.stats.success["abort"] == 1)
+        await eventually(lambda: eng.stats.success["abort"] == 1)
         assert eng.kv.num_free == eng.kv.usable_blocks
         # Non-streamed: the client gives up while the engine is still generating.
         task = asyncio.create_task(complete(http, url, list(range(50, 90)), 10_000))
         while not eng.running:
             await asyncio.sleep(0.01)
         task.cancel()
-        await until(lambda: eng.stats.success["abort"] == 2)
+        await eventually(lambda: eng.stats.success["abort"] == 2)
         assert not eng.running and not eng.waiting
         assert eng.kv.num_free == eng.kv.usable_blocks
         m = await scrape(http, url)

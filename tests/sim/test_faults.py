@@ -9,7 +9,9 @@ import pytest
 
 from kvroute.sim import SimFleet
 
-from .helpers import metric, parse_metrics, until
+from tests.waiting import eventually
+
+from .helpers import metric, parse_metrics
 
 PROMPT = {"prompt": "The quick brown fox", "max_tokens": 3}
 
@@ -54,7 +56,7 @@ async def test_crash_drops_streams_and_refuses_until_brought_back(http: aiohttp.
                 except aiohttp.ClientError:
                     pass  # a reset or an incomplete chunked body, depending on timing
                 assert b"[DONE]" not in rest  # the stream was cut, not finished
-        await until(lambda: fleet.instances[0].crashed)
+        await eventually(lambda: fleet.instances[0].crashed)
         assert await status(url) == "refused"
         assert await status(other) == 200  # one instance's crash leaves the others alone
         await fleet.instances[0].set_fault("none")
@@ -82,9 +84,9 @@ async def test_crash_with_value_comes_back_on_its_own(http: aiohttp.ClientSessio
         url = fleet.urls[0]
         port = fleet.instances[0].port
         assert await fault(http, url, "crash", 0.3) == 200
-        await until(lambda: fleet.instances[0].crashed)
+        await eventually(lambda: fleet.instances[0].crashed)
         assert await status(url) == "refused"
-        await until(lambda: not fleet.instances[0].crashed, "instance back")
+        await eventually(lambda: not fleet.instances[0].crashed, "instance back")
         assert fleet.instances[0].port == port
         assert await status(url) == 200
 
@@ -98,8 +100,8 @@ async def test_restart_empties_cache_and_resets_counters() -> None:
                     cached = (await r.json())["usage"]["prompt_tokens_details"]["cached_tokens"]
             assert cached == 48
             assert await fault(http, url, "restart") == 200
-        await until(lambda: fleet.instances[0].engine.stats.requests == 0)
-        await until(lambda: not fleet.instances[0].crashed)
+        await eventually(lambda: fleet.instances[0].engine.stats.requests == 0)
+        await eventually(lambda: not fleet.instances[0].crashed)
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "/metrics") as r:
                 m = parse_metrics(await r.text())
@@ -119,7 +121,7 @@ async def test_hang_accepts_and_never_answers_until_cleared(http: aiohttp.Client
             assert await fault(http, url, "hang") == 200
             health = asyncio.create_task(status(url))
             chat = asyncio.create_task(status(url, "/v1/completions"))
-            await until(lambda: eng.paused)
+            await eventually(lambda: eng.paused)
             tokens = eng.stats.generation_tokens
             await asyncio.sleep(0.3)  # ~150 steps' worth: nothing moves while hung
             assert not health.done() and not chat.done()
@@ -127,7 +129,7 @@ async def test_hang_accepts_and_never_answers_until_cleared(http: aiohttp.Client
             assert (await state(http, url))["faults"]["hang"] is True
             assert await fault(http, url, "none") == 200
             assert await health == 200 and await chat == 200
-            await until(lambda: eng.stats.generation_tokens > tokens)
+            await eventually(lambda: eng.stats.generation_tokens > tokens)
             stream.close()
 
 

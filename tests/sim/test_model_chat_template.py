@@ -14,7 +14,9 @@ from kvroute.sim import SimFleet
 from kvroute.sim.chat_template import BuiltinChat, JinjaChat, load_chat
 from kvroute.sim.tokenizer import HashTokenizer
 
-from .helpers import metric, parse_metrics, sim_cli, write_bpe_tokenizer
+from tests.procs import sim_process
+
+from .helpers import metric, parse_metrics, write_bpe_tokenizer
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 CORPUS = ["You are a helpful assistant that answers in short sentences.",
@@ -145,8 +147,8 @@ def test_where_the_template_comes_from(tmp_path: Path, model_dir: str) -> None:
 async def test_cli_chat_template_flag(http: aiohttp.ClientSession, model_dir: str, tmp_path: Path) -> None:
     template = tmp_path / "plain.jinja"
     template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
-    async with sim_cli("--base-port", "0", "--per-token-delay", "0.001", "--tokenizer", str(Path(model_dir).parent),
-                       "--chat-template", str(template)) as info:
+    async with sim_process("--base-port", "0", "--per-token-delay", "0.001", "--tokenizer", str(Path(model_dir).parent),
+                           "--chat-template", str(template)) as (_, info):
         assert info["chat_template"] == str(template)
         body = await chat(http, info["urls"][0], [{"role": "user", "content": "hi"}])
         expected = Tokenizer.from_file(model_dir).encode("user: hi\nassistant:", add_special_tokens=False).ids

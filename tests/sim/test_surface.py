@@ -10,7 +10,9 @@ import pytest
 
 from kvroute.sim import SimFleet
 
-from .helpers import metric, parse_metrics, sim_cli, sse_events
+from tests.procs import sim_process
+
+from .helpers import metric, parse_metrics, sse_events
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Say something nice."}]}
 
@@ -154,8 +156,8 @@ def test_threaded_fleet_and_cli_module() -> None:
 
 
 async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
-    async with sim_cli("--instances", "2", "--base-port", "0", "--per-token-delay", "0.001",
-                       "--num-gpu-blocks", "64", "--fault", "1:error_rate:1") as info:
+    async with sim_process("--instances", "2", "--base-port", "0", "--per-token-delay", "0.001",
+                           "--num-gpu-blocks", "64", "--fault", "1:error_rate:1") as (_, info):
         assert info["num_gpu_blocks"] == 64 and len(info["urls"]) == 2
         async with http.post(info["urls"][0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}) as r:
             assert r.status == 200

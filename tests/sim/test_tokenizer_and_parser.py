@@ -13,7 +13,9 @@ from kvroute.control.metrics import parse_metrics as router_parse
 from kvroute.sim import SimFleet
 from kvroute.sim.tokenizer import HashTokenizer, TemplateError, apply_chat_template
 
-from .helpers import until, write_bpe_tokenizer
+from tests.waiting import eventually
+
+from .helpers import write_bpe_tokenizer
 
 CORPUS = ["the quick brown fox jumps over the lazy dog", "a cat sat on the mat and the sun set",
           "you can see how far the road goes", "one two big red key map log set get put add"] * 20
@@ -77,7 +79,7 @@ async def test_router_parser_reads_sim_metrics(http: aiohttp.ClientSession) -> N
         await stream.content.readuntil(b"\n\n")
         eng.pause()  # freeze the engine (after the step in flight) so both reads agree
         steps = eng.stats.steps
-        await until(lambda: eng.stats.steps > steps)
+        await eventually(lambda: eng.stats.steps > steps)
         async with http.get(url + "/metrics") as r:
             parsed = router_parse(await r.text())
         st = eng.state()
