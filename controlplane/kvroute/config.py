@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from kvroute._native import InvalidConfig, RateLimiter, Router
+from kvroute._native import POLICIES, InvalidConfig, RateLimiter, Router
 from kvroute.tls import backend_context
 
 ENV_PREFIX = "KVROUTE_"
@@ -118,7 +118,7 @@ class Settings:
 _HELP = {
     "backend": "backend base URL (repeatable), e.g. http://127.0.0.1:8000",
     "discovery": "where backends come from besides --backend: static, file, dns, kubernetes",
-    "policy": "routing policy: cost, round_robin, random, least_inflight, power_of_two, least_load, prefix_hash, session",
+    "policy": "routing policy: " + ", ".join(POLICIES),
     "admin_token": "bearer token for the admin API (better given as KVROUTE_ADMIN_TOKEN)",
     "admin_state_file": "file where admin API changes are kept, applied by every worker and on restart",
     "tls_certfile": "PEM certificate (chain) to serve HTTPS on the proxy and admin ports (with --tls-keyfile)",
