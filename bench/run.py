@@ -26,7 +26,8 @@ from bench.harness import FleetProc, Point, run_point
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_CONTENDERS = [*(f"kvroute:{p}" for p in contenders_mod.KVROUTE_POLICIES),
-                  *(f"sglang:{p}" for p in contenders_mod.SGLANG_POLICIES), "direct"]
+                  *(f"{kind}:{p}" for kind, policies in contenders_mod.PEER_POLICIES.items() for p in policies),
+                  "direct"]
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """What a router adds to a request: the same instant backend reached directly, through kvroute, and
-through the SGLang model gateway, in one run on one machine.
+through the peer gateways (sglang-router 0.3.2, smg 1.13.0, vllm-router 0.1.17), in one run on one
+machine, routing on (kvroute `cost`, the peers `cache_aware`).
 
-    python -m bench.overhead.run [--seconds 8] [--rate 500] [--sequential 3000] [--no-sglang]
+    python -m bench.overhead.run [--seconds 8] [--rate 500] [--sequential 3000] [--peers sglang,smg,vllm-router]
 
-Per contender, non-streamed and streamed chat:
+Per contender, a short chat request non-streamed and streamed, and one with a 32 KiB system prompt:
   * one client, one keep-alive connection, requests back to back: latency p50/p99;
   * an open loop at a fixed rate (default 500 req/s) over pooled connections: latency p50/p99 and
     the router's CPU time per request;
@@ -45,6 +46,11 @@ CHAT = json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "Y
                                                 {"role": "user", "content": "Hello! Who are you?"}],
                    "max_tokens": 16}, separators=(",", ":"))
 STREAM = CHAT[:-1] + ',"stream":true}'
+# A long system prompt (32 KiB) as agents and RAG send: what a router pays per byte of body.
+CHAT_32K = json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "You are a helpful assistant. " * 1130},
+                                                    {"role": "user", "content": "Hello! Who are you?"}],
+                       "max_tokens": 16}, separators=(",", ":"))
+BODIES = {"chat": CHAT, "stream": STREAM, "chat_32k": CHAT_32K}
 
 
 def raw_request(body: str) -> bytes:
@@ -191,11 +197,14 @@ def cpu_seconds(pid: int) -> float:
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
-def wrk(port: int, stream: bool, seconds: float, connections: int = 32) -> dict[str, float]:
-    env = dict(os.environ, BENCH_STREAM="1" if stream else "0")
-    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s",
-                           str(HERE / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"],
-                          capture_output=True, text=True, env=env, check=True)
+def wrk(port: int, body: str, seconds: float, connections: int = 32) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as body_file:
+        body_file.write(body)
+        body_file.flush()
+        env = dict(os.environ, BENCH_BODY_FILE=body_file.name)
+        done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s",
+                               str(HERE / "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"],
+                              capture_output=True, text=True, env=env, check=True)
     out = done.stdout
     requests = re.search(r"(\d+) requests in", out)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -223,8 +232,7 @@ async def measure(name: str, port: int, pid: int | None, backend_pid: int, args:
     """`cpu_us_per_request` is the router's; `backend_cpu_us_per_request` the instant backend's, for scale."""
     result: dict[str, Any] = {}
     pids = {"": pid, "backend_": backend_pid}
-    for kind, body in (("chat", CHAT), ("stream", STREAM)):
-        stream = kind == "stream"
+    for kind, body in BODIES.items():
         print(f"  {name} {kind}: sequential", flush=True)
         result[f"{kind}_sequential"] = sequential(port, body, args.sequential)
         print(f"  {name} {kind}: {args.rate:.0f} req/s", flush=True)
@@ -234,7 +242,7 @@ async def measure(name: str, port: int, pid: int | None, backend_pid: int, args:
         result[f"{kind}_rate"] = rated
         print(f"  {name} {kind}: wrk", flush=True)
         before = {label: cpu_seconds(p) if p else 0.0 for label, p in pids.items()}
-        loaded = wrk(port, stream, args.seconds)
+        loaded = wrk(port, body, args.seconds)
         _cpu_per_request(pids, before, loaded, loaded["requests"])
         result[f"{kind}_wrk"] = loaded
     return result
@@ -250,7 +258,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     order = [name for name in ("direct", "floor") if name in results]
     for name in order + [name for name in results if name not in order]:
         res = results[name]
-        for kind in ("chat", "stream"):
+        for kind in BODIES:
             seq, rate, load = res[f"{kind}_sequential"], res[f"{kind}_rate"], res[f"{kind}_wrk"]
             base_seq, base_rate = direct[f"{kind}_sequential"], direct[f"{kind}_rate"]
             added = "—" if name == "direct" else f"{seq['p50_us'] - base_seq['p50_us']:.0f} µs"
@@ -297,8 +305,7 @@ async def run(args: argparse.Namespace) -> None:
             base = contenders.kvroute(args.policy)
             chosen.append(dataclasses.replace(base, name=f"{base.name}:workers={args.workers}",
                                               flags=(*base.flags, "--workers", str(args.workers))))
-        if not args.no_sglang:
-            chosen.append(contenders.sglang("round_robin"))
+        chosen += [contenders.peer(kind, args.peer_policy) for kind in args.peers.split(",") if kind]
         assert backend.proc is not None
         print("floor ...", flush=True)
         results["floor"] = await measure_floor(port, backend.proc.pid, log_dir, args)
@@ -306,7 +313,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"{contender.name} ...", flush=True)
             try:
                 running = await contenders.start(contender, [backend_url], log_dir, MODEL)
-            except RuntimeError as exc:  # sglang-router could not be installed here
+            except RuntimeError as exc:  # a peer could not be installed here
                 print(f"  skipped: {exc}", flush=True)
                 continue
             try:
@@ -335,7 +342,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=3000, help="requests of the sequential run")
     parser.add_argument("--policy", default="cost", help="kvroute's routing policy")
     parser.add_argument("--workers", type=int, default=1, help="also run kvroute with this many worker processes")
-    parser.add_argument("--no-sglang", action="store_true", help="skip the SGLang gateway")
+    parser.add_argument("--peers", default="sglang,smg,vllm-router", help="peer gateways to measure ('' for none)")
+    parser.add_argument("--peer-policy", default="cache_aware", help="the peers' routing policy")
     uvloop.run(run(parser.parse_args()))
 
 
