@@ -30,6 +30,6 @@ def test_a_short_overhead_run_reports_every_contender_and_body() -> None:
                 seq, rate, load = result[f"{kind}_sequential"], result[f"{kind}_rate"], result[f"{kind}_wrk"]
                 assert seq["p50_us"] > 0 and rate["n"] > 0 and load["requests"] > 0, (name, kind)
                 assert "failures" not in load, (name, kind, load)
-        assert f"| kvroute:cost | chat_32k |" in done.stdout  # the table printed is the report's
+        assert "| kvroute:cost | chat_32k |" in done.stdout  # the table printed is the report's
     finally:
         written.unlink()  # a slice's numbers are not results
