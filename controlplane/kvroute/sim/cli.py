@@ -39,6 +39,12 @@ def build_parser(prog: str = "kvroute sim") -> argparse.ArgumentParser:
     for flag, typ in (("block-size", int), ("num-gpu-blocks", int), ("max-num-seqs", int),
                       ("max-num-batched-tokens", int), ("max-model-len", int)):
         p.add_argument(f"--{flag}", type=typ, default=None, help="override the profile")
+    p.add_argument("--kv-events-port", type=int, default=None, metavar="P",
+                   help="publish vLLM KV events (ZMQ PUB) on tcp://HOST:P+i for instance i (0: free ports)")
+    p.add_argument("--kv-events-replay-port", type=int, default=None, metavar="R",
+                   help="instance i serves replay (ZMQ ROUTER) on R+i (default: P+instances)")
+    p.add_argument("--kv-events-buffer-steps", type=int, default=10_000,
+                   help="batches kept for replay, like vLLM's buffer_steps (default 10000)")
     p.add_argument("--fault", action="append", default=[], metavar="I:MODE[:VALUE]",
                    help=f"fault at start on instance I (modes: {', '.join(FAULT_MODES)})")
     return p
@@ -53,6 +59,8 @@ async def _serve(args: argparse.Namespace) -> int:
                      tokenizer=args.tokenizer, default_max_tokens=args.default_max_tokens,
                      eos_probability=args.eos_probability,
                      enable_prefix_caching=not args.no_prefix_caching,
+                     kv_events_port=args.kv_events_port, kv_events_replay_port=args.kv_events_replay_port,
+                     kv_events_buffer_steps=args.kv_events_buffer_steps,
                      **{k: v for k, v in overrides.items() if v is not None})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,7 +74,9 @@ async def _serve(args: argparse.Namespace) -> int:
         print(json.dumps({"profile": prof.name, "num_gpu_blocks": prof.kv_blocks(), "block_size": prof.block_size,
                           "max_num_seqs": prof.max_num_seqs, "max_num_batched_tokens": prof.max_num_batched_tokens,
                           "chat_template": fleet.chat.source if fleet.chat else None,
-                          "time_scale": args.time_scale, "urls": fleet.urls}), flush=True)
+                          "time_scale": args.time_scale, "urls": fleet.urls,
+                          "kv_events": {url: {"endpoint": ep, "replay_endpoint": rep}
+                                        for url, (ep, rep) in fleet.kv_events_endpoints.items()}}), flush=True)
         await stop.wait()
     return 0
 

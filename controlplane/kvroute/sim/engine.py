@@ -164,6 +164,21 @@ class Engine:
         self._held = False
         self._last_flush = 0.0
         self._tape: list[int] = []
+        # Set by SimInstance when KV events are published (sim/kv_events.py).
+        self.kv_publisher: Any = None
+
+    def enable_kv_events(self, publisher: Any) -> None:
+        self.kv_publisher = publisher
+        self.kv.events = []
+
+    def flush_kv_events(self) -> None:
+        """Publish what the cache did since the last flush as one batch, as vLLM's scheduler does
+        once per step (update_from_output), and outside steps for a cache reset."""
+        events = self.kv.events
+        if events:
+            if self.kv_publisher is not None:
+                self.kv_publisher.publish(list(events))
+            events.clear()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -363,7 +378,7 @@ class Engine:
         hashes = req.hashes
         if len(hashes) < full:
             chain_hashes(None, req.tokens, bs, len(hashes), hashes)  # generated tokens' blocks
-        self.kv.cache_blocks(req.blocks, hashes, req.num_cached_blocks, full)
+        self.kv.cache_blocks(req.blocks, hashes, req.num_cached_blocks, full, req.tokens)
         req.num_cached_blocks = full
 
     def _preempt(self, req: Request) -> None:
@@ -467,6 +482,8 @@ class Engine:
             now_real = loop.time()
             defer = (now_real - clock.real(end) > self.LATE_S
                      and now_real - self._last_flush < self.FLUSH_S)
+            if self.kv.events:
+                self.flush_kv_events()
             self._complete(sched, end, defer)
             if defer:
                 self._held = True

@@ -27,7 +27,9 @@ class SimFleet:
                  model: str | list[str] = "sim-model", time_scale: float = 1.0,
                  per_token_delay: float | None = None, seed: int = 0, host: str = "127.0.0.1",
                  tokenizer: str | None = None, default_max_tokens: int = 128, eos_probability: float = 0.0,
-                 enable_prefix_caching: bool = True, **engine_overrides: Any) -> None:
+                 enable_prefix_caching: bool = True, kv_events_port: int | None = None,
+                 kv_events_replay_port: int | None = None, kv_events_buffer_steps: int = 10_000,
+                 **engine_overrides: Any) -> None:
         unknown = set(engine_overrides) - set(ENGINE_OVERRIDES)
         if unknown:
             raise TypeError(f"unknown engine settings: {', '.join(sorted(unknown))}")
@@ -47,6 +49,13 @@ class SimFleet:
         self.default_max_tokens = default_max_tokens
         self.eos_probability = eos_probability
         self.enable_prefix_caching = enable_prefix_caching
+        # Instance i publishes KV events on kv_events_port + i and serves replay on
+        # kv_events_replay_port + i (default: the ports right after the publishers'); 0 picks free ports.
+        self.kv_events_port = kv_events_port
+        if kv_events_port is not None and kv_events_replay_port is None:
+            kv_events_replay_port = kv_events_port + instances if kv_events_port else 0
+        self.kv_events_replay_port = kv_events_replay_port
+        self.kv_events_buffer_steps = kv_events_buffer_steps
         self.instances: list[SimInstance] = []
         self.clock: SimClock | None = None
         self.chat: ChatPrompt | None = None
@@ -54,6 +63,12 @@ class SimFleet:
     @property
     def urls(self) -> list[str]:
         return [i.url for i in self.instances]
+
+    @property
+    def kv_events_endpoints(self) -> dict[str, tuple[str, str | None]]:
+        """Each instance's URL -> (KV event endpoint, replay endpoint), when KV events are on."""
+        return {i.url: (i.kv_events.endpoint, i.kv_events.replay_endpoint)
+                for i in self.instances if i.kv_events is not None}
 
     async def start(self) -> SimFleet:
         self.clock = SimClock(self.time_scale)
@@ -66,7 +81,10 @@ class SimFleet:
                     profile=self.profile, models=self.models, tokenizer=tok, chat=chat, seed=self.seed,
                     per_token_delay=self.per_token_delay, default_max_tokens=self.default_max_tokens,
                     eos_probability=self.eos_probability,
-                    enable_prefix_caching=self.enable_prefix_caching)
+                    enable_prefix_caching=self.enable_prefix_caching,
+                    kv_events_port=_nth_port(self.kv_events_port, i),
+                    kv_events_replay_port=_nth_port(self.kv_events_replay_port, i),
+                    kv_events_buffer_steps=self.kv_events_buffer_steps)
                 await inst.start()
                 self.instances.append(inst)
         except BaseException:
@@ -90,6 +108,10 @@ class SimFleet:
     def start_in_thread(self) -> ThreadedFleet:
         """Run the fleet on its own event loop in a daemon thread (for synchronous callers)."""
         return ThreadedFleet(self)
+
+
+def _nth_port(base: int | None, i: int) -> int | None:
+    return None if base is None else base + i if base else 0
 
 
 class ThreadedFleet:

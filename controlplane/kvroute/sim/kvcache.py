@@ -10,7 +10,9 @@ end of a prompt is evicted before its (more widely shared) beginning, as in vLLM
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from typing import Any, Iterable
+
+from .kv_events import all_blocks_cleared, block_removed, block_stored, external_hash
 
 
 class Block:
@@ -46,6 +48,8 @@ class KVCache:
         self.free: OrderedDict[int, Block] = OrderedDict()
         self.cached: dict[int, Block] = {}
         self.evictions = 0
+        # KV events since the last step, in vLLM's shape (sim/kv_events.py); None: not published.
+        self.events: list[dict[str, Any]] | None = None
 
     @property
     def usable_blocks(self) -> int:
@@ -97,23 +101,55 @@ class KVCache:
                 if self.cached.get(b.hash) is b:
                     del self.cached[b.hash]
                     self.evictions += 1
+                    if self.events is not None:
+                        self.events.append(block_removed([external_hash(b.hash)]))
                 b.hash = None
             b.ref = 1
             owned.append(b)
         return True
 
-    def cache_blocks(self, owned: list[Block], hashes: list[int], start: int, end: int) -> None:
+    def cache_blocks(self, owned: list[Block], hashes: list[int], start: int, end: int,
+                     tokens: list[int] | None = None) -> None:
         """Register blocks [start, end) of a request as cached under their hashes. A hash already
-        cached by another block keeps the older one (vLLM keeps both; lookups hit the same)."""
+        cached by another block keeps the older one (vLLM keeps both; lookups hit the same).
+        With events on, each run of newly cached blocks is one BlockStored (`tokens`: the
+        request's token ids), so the published set is exactly `cached`."""
         if not self.enable_prefix_caching:
             return
         cached = self.cached
+        events = self.events
+        run = -1
         for i in range(start, end):
             h = hashes[i]
             b = owned[i]
             if b.hash is None and h not in cached:
                 b.hash = h
                 cached[h] = b
+                if run < 0:
+                    run = i
+            elif run >= 0 and events is not None:
+                self._stored(events, hashes, run, i, tokens)
+                run = -1
+        if run >= 0 and events is not None:
+            self._stored(events, hashes, run, end, tokens)
+
+    def _stored(self, events: list[dict[str, Any]], hashes: list[int], start: int, end: int,
+                tokens: list[int] | None) -> None:
+        bs = self.block_size
+        parent = external_hash(hashes[start - 1]) if start > 0 else None
+        token_ids = tokens[start * bs : end * bs] if tokens is not None else []
+        events.append(block_stored([external_hash(h) for h in hashes[start:end]], parent, token_ids, bs))
+
+    def reset_prefix_cache(self) -> bool:
+        """vLLM's reset_prefix_cache: forget every cached hash, refused while any block is in use."""
+        if self.num_free < self.usable_blocks:
+            return False
+        for b in self.cached.values():
+            b.hash = None
+        self.cached.clear()
+        if self.events is not None:
+            self.events.append(all_blocks_cleared())
+        return True
 
     def release(self, owned: list[Block]) -> None:
         free = self.free
@@ -124,4 +160,7 @@ class KVCache:
         owned.clear()
 
     def reset(self) -> None:
+        events = self.events
         self.__init__(self.num_gpu_blocks, self.block_size, self.enable_prefix_caching)  # type: ignore[misc]
+        # A restarted process has a new publisher; events not yet sent die with the old one.
+        self.events = None if events is None else []

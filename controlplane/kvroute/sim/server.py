@@ -17,11 +17,13 @@ from aiohttp import web
 
 from .chat_template import ChatPrompt
 from .engine import FINISHED, Engine, Request, SimClock
+from .kv_events import KVEventPublisher
 from .metrics import render
 from .profiles import Profile
 from .tokenizer import TemplateError, Tokenizer
 
-FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "none")
+FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "kv_drop",
+               "kv_overrun", "none")
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
@@ -67,7 +69,9 @@ class SimInstance:
     def __init__(self, index: int, *, host: str, port: int, clock: SimClock, profile: Profile,
                  models: list[str], tokenizer: Tokenizer, chat: ChatPrompt, seed: int = 0,
                  per_token_delay: float | None = None, default_max_tokens: int = 128,
-                 eos_probability: float = 0.0, enable_prefix_caching: bool = True) -> None:
+                 eos_probability: float = 0.0, enable_prefix_caching: bool = True,
+                 kv_events_port: int | None = None, kv_events_replay_port: int | None = None,
+                 kv_events_buffer_steps: int = 10_000) -> None:
         self.index = index
         self.host = host
         self.port = port
@@ -79,6 +83,11 @@ class SimInstance:
                              default_max_tokens=default_max_tokens, eos_probability=eos_probability,
                              enable_prefix_caching=enable_prefix_caching)
         self.engine.output_vocab = tokenizer.output_ids()
+        # vLLM's --kv-events-config publisher (PUB, and the ROUTER replay socket when given a port).
+        self.kv_events: KVEventPublisher | None = None
+        if kv_events_port is not None:
+            self.kv_events = KVEventPublisher(host, kv_events_port, kv_events_replay_port, kv_events_buffer_steps)
+            self.engine.enable_kv_events(self.kv_events)
         self._rng = random.Random(f"{seed}:{index}:faults")  # str seeds are hashed stably (sha512)
         self._id_rng = random.Random(f"{seed}:{index}:ids")
         self.created = time.time()
@@ -100,6 +109,7 @@ class SimInstance:
             web.get("/health", self._health),
             web.get("/version", self._version),
             web.get("/metrics", self._metrics),
+            web.post("/reset_prefix_cache", self._reset_prefix_cache),
             web.post("/sim/fault", self._fault),
             web.get("/sim/state", self._state),
         ])
@@ -118,6 +128,12 @@ class SimInstance:
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await self._listen()
+        if self.kv_events is not None:
+            try:
+                await self.kv_events.start()
+            except BaseException:
+                await self._runner.cleanup()
+                raise
         self.engine.start()
 
     async def _listen(self) -> None:
@@ -133,6 +149,8 @@ class SimInstance:
             self._restart_handle.cancel()
         self._unhang.set()
         await self.engine.stop()
+        if self.kv_events is not None:
+            await self.kv_events.stop()
         # End every open stream now (as a stopped server does) rather than waiting for them.
         self.engine.reset()
         if self._runner is not None:
@@ -146,7 +164,10 @@ class SimInstance:
     async def set_fault(self, mode: str, value: float | None = None) -> None:
         """crash [value: seconds until it comes back, default never]; restart [value: seconds
         down, default 0]; hang; error_rate (value in [0, 1]); slow (value: factor on step time);
-        metrics_fail; metrics_stale; none (clears all, brings a crashed instance back)."""
+        metrics_fail; metrics_stale; kv_drop [value: batches, default 1] (KV event batches not sent,
+        kept for replay); kv_overrun [value: batches, default 1] (not sent and lost from the replay
+        buffer); none (clears all, brings a crashed instance back). A crash or restart stops the KV
+        event publisher; the restarted one counts from sequence 0 with an empty replay buffer."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(FAULT_MODES)}")
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
@@ -166,6 +187,14 @@ class SimInstance:
             if value is None or value <= 0:
                 raise ValueError("slow needs 'value' > 0 (a factor on step time)")
             self.engine.slow = float(value)
+        elif mode in ("kv_drop", "kv_overrun"):
+            if self.kv_events is None:
+                raise ValueError(f"{mode} needs KV events on (kvroute sim --kv-events-port)")
+            n = 1 if value is None else int(value)
+            if mode == "kv_drop":
+                self.kv_events.drop_next = n
+            else:
+                self.kv_events.overrun_next = n
         elif mode == "metrics_fail":
             self.metrics_fail = True
         elif mode == "metrics_stale":
@@ -183,6 +212,8 @@ class SimInstance:
         self.stale_metrics = None
         self._unhang.set()
         self.engine.resume()
+        if self.kv_events is not None:
+            self.kv_events.drop_next = self.kv_events.overrun_next = 0
 
     async def _crash(self, down_for: float | None) -> None:
         """Stop listening and drop every open connection (clients see a reset), lose all state."""
@@ -200,6 +231,8 @@ class SimInstance:
                 for handler in server.connections:
                     if handler.transport is not None:
                         handler.transport.abort()
+            if self.kv_events is not None:
+                await self.kv_events.stop()
             self.engine.reset()
             self.engine.pause()
         if down_for is not None:
@@ -223,6 +256,8 @@ class SimInstance:
         self._clear_faults()
         self.created = time.time()
         await self._listen()
+        if self.kv_events is not None:
+            await self.kv_events.start()
         self.crashed = False
 
     def state(self) -> dict[str, Any]:
@@ -241,6 +276,7 @@ class SimInstance:
                 "metrics_fail": self.metrics_fail,
                 "metrics_stale": self.stale_metrics is not None,
             },
+            "kv_events": self.kv_events.state() if self.kv_events is not None else None,
         })
         return s
 
@@ -273,6 +309,13 @@ class SimInstance:
     async def _apply_fault(self, mode: str, value: float | None) -> None:
         await asyncio.sleep(0)
         await self.set_fault(mode, value)
+
+    async def _reset_prefix_cache(self, request: web.Request) -> web.StreamResponse:
+        # vLLM answers 200 either way and logs when blocks in use refuse the reset.
+        await self._unhang.wait()
+        if self.engine.kv.reset_prefix_cache():
+            self.engine.flush_kv_events()
+        return web.Response(status=200)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.state())
