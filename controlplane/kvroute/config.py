@@ -106,6 +106,13 @@ class Settings:
     healthy_after: int = 2
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
+    # vLLM KV events (--kv-events-config): each backend's ZMQ endpoint, named per backend URL or by a
+    # port offset rule (tcp://<backend host>:<backend port + offset>, 0: no rule); replay likewise.
+    kv_events_endpoints: dict[str, str] = field(default_factory=dict)
+    kv_events_replay_endpoints: dict[str, str] = field(default_factory=dict)
+    kv_events_port_offset: int = 0
+    kv_events_replay_port_offset: int = 0
+    kv_events_replay_timeout: float = 2.0
 
     # Operations.
     log_format: str = "text"  # text | json
@@ -125,6 +132,10 @@ _HELP = {
     "tls_keyfile": "PEM private key of --tls-certfile",
     "backend_ca_file": "PEM CA bundle that https:// backends' certificates must chain to (default: the system store)",
     "backend_tls_verify": "verify https:// backends' certificates and host names (false: trust any, for testing only)",
+    "kv_events_endpoints": "backend URL=ZMQ endpoint of its vLLM KV events, e.g. http://10.0.0.5:8000=tcp://10.0.0.5:5557",
+    "kv_events_replay_endpoints": "backend URL=ZMQ replay endpoint of its KV event publisher",
+    "kv_events_port_offset": "KV events at tcp://<backend host>:<backend port + this> (0: only kv_events_endpoints)",
+    "kv_events_replay_port_offset": "replay endpoint at tcp://<backend host>:<backend port + this> (0: none)",
     "policy_weights": "weights of the policy, e.g. recompute_weight=10,content_weight=50 (docs/routing.md)",
     "rate_limit_rps": "requests per second allowed per API key (0: no limit); over it: 429 with Retry-After",
     "rate_limit_tpm": "tokens (prompt + output) per minute allowed per API key (0: no limit)",
@@ -196,7 +207,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = frozenset({
     "discovery_interval", "poll_interval", "poll_timeout", "unhealthy_after", "healthy_after",
-    "breaker_failures", "block_tokens", "bytes_per_token", "workers", "max_body_size",
+    "breaker_failures", "block_tokens", "bytes_per_token", "workers", "max_body_size", "kv_events_replay_timeout",
 })
 NON_NEGATIVE = frozenset({
     "breaker_cooldown", "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
