@@ -155,6 +155,30 @@ pub fn chain_hashes(data: &[u8], block: usize, root: u64) -> Vec<u64> {
     c.blocks
 }
 
+/// The chain of a token-id sequence: one key per full block of `block_tokens` ids, each xxh3 of the
+/// block's ids (u32 little-endian) seeded with its parent's key, the first seeded with `root`. It is
+/// the one definition of a block's identity in token space: token-list prompts, tokenized text
+/// and the engine's KV events (`BlockStored.token_ids`, rehashed along the parent chain) all key
+/// blocks with it, so an exact view never depends on the engine's own hash function.
+pub fn token_chain(tokens: &[u32], block_tokens: usize, root: u64) -> Vec<u64> {
+    let mut out = Vec::with_capacity(tokens.len() / block_tokens.max(1));
+    let mut parent = root;
+    let mut buf = Vec::with_capacity(block_tokens * 4);
+    for block in tokens.chunks_exact(block_tokens.max(1)) {
+        parent = token_block_key(block, parent, &mut buf);
+        out.push(parent);
+    }
+    out
+}
+
+/// One block's key from its ids and its parent's key (`buf` is scratch).
+#[inline]
+pub fn token_block_key(block: &[u32], parent: u64, buf: &mut Vec<u8>) -> u64 {
+    buf.clear();
+    buf.extend(block.iter().flat_map(|x| x.to_le_bytes()));
+    xxh3_64_with_seed(buf, parent)
+}
+
 /// Seed of a chain: the model name, because two models (or LoRA adapters) on one server never
 /// share KV blocks.
 pub fn chain_root(model: &str) -> u64 {
@@ -371,9 +395,11 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
                 (cfg.tokens_for_bytes(t.len() as u64), c, sh)
             };
             let tokens = |t: &[u32]| {
-                let bytes: Vec<u8> = t.iter().flat_map(|x| x.to_le_bytes()).collect();
-                let c = chain_hashes(&bytes, cfg.block_tokens as usize * 4, root);
-                let sh = c.first().copied().unwrap_or_else(|| xxh3_64(&bytes));
+                let c = token_chain(t, cfg.block_tokens as usize, root);
+                let sh = c.first().copied().unwrap_or_else(|| {
+                    let bytes: Vec<u8> = t.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    xxh3_64(&bytes)
+                });
                 (t.len() as u64, c, sh)
             };
             match repr {
