@@ -282,6 +282,33 @@ impl PrefixIndex {
         lru.version
     }
 
+    /// Forget that `slot` holds `hash` (the engine evicted it, or no request claims it any more).
+    /// The caller keeps the set prefix-closed: it removes descendants before or with their parent.
+    pub fn remove(&mut self, slot: u32, hash: u64) {
+        let node = match self.map.get(&hash) {
+            Some(Holders::One(h)) if h.slot == slot => h.node,
+            Some(Holders::Many(i)) => match self.overflow[*i as usize].binary_search_by_key(&slot, |h| h.slot) {
+                Ok(pos) => self.overflow[*i as usize][pos].node,
+                Err(_) => return,
+            },
+            _ => return,
+        };
+        let Some(Some(lru)) = self.lrus.get_mut(slot as usize) else { return };
+        lru.unlink(node);
+        lru.free.push(node);
+        lru.len -= 1;
+        lru.version += 1;
+        self.drop_holder(hash, slot);
+    }
+
+    /// Whether `slot` holds `hash`.
+    pub fn holds(&self, slot: u32, hash: u64) -> bool {
+        match self.map.get(&hash) {
+            Some(h) => self.holders_of(h).iter().any(|h| h.slot == slot),
+            None => false,
+        }
+    }
+
     /// The version `insert` returned, if nothing changed `slot`'s list since.
     pub fn version(&self, slot: u32) -> u64 {
         match self.lrus.get(slot as usize) {
@@ -480,6 +507,8 @@ mod tests {
         Query(usize, usize),
         Clear(usize),
         Capacity(usize, u64),
+        /// Remove block n of chain c and its descendants from backend s (as a caller keeping it closed).
+        RemoveTail(usize, usize, usize),
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -489,6 +518,7 @@ mod tests {
             3 => (0..6usize, 0..40usize).prop_map(|(c, n)| Op::Query(c, n)),
             1 => (0..4usize).prop_map(Op::Clear),
             1 => (0..4usize, 0..30u64).prop_map(|(s, c)| Op::Capacity(s, c)),
+            2 => (0..4usize, 0..6usize, 0..40usize).prop_map(|(s, c, n)| Op::RemoveTail(s, c, n)),
         ]
     }
 
@@ -531,6 +561,18 @@ mod tests {
                         ix.set_capacity(s as u32, c);
                         model.caps[s] = c;
                         model.lists[s].truncate(c as usize);
+                    }
+                    Op::RemoveTail(s, c, n) => {
+                        // Block n of chain c and all its descendants: block n.. of every chain
+                        // through it (equal hashes at one position mean equal prefixes).
+                        let Some(&at) = chains[c].get(n) else { continue };
+                        for chain in chains.iter().filter(|ch| ch.get(n) == Some(&at)) {
+                            for &h in chain[n..].iter().rev() {
+                                proptest::prop_assert_eq!(ix.holds(s as u32, h), model.lists[s].contains(&h));
+                                ix.remove(s as u32, h);
+                                model.lists[s].retain(|&x| x != h);
+                            }
+                        }
                     }
                 }
                 for s in 0..4 {

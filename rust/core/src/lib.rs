@@ -2,6 +2,7 @@
 //!
 //! - `request`: reads an OpenAI request body once (model, stream, max_tokens, prompt blocks);
 //! - `index`: which prompt prefixes each backend holds;
+//! - `kvview`: an engine's own account of its cache (KV events), in the router's key space;
 //! - `router`: backends, tickets, the decision (filter → score → pick → admit), the wait queue;
 //! - `scorer`: the named per-candidate scores policies are built from;
 //! - `outcome`: the decision values and the branch and reason names they carry;
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod error;
 mod fasthash;
 pub mod index;
+pub mod kvview;
 mod json_depth;
 pub mod outcome;
 pub mod policy;
@@ -20,6 +22,8 @@ pub mod ratelimit;
 pub mod request;
 pub mod rng;
 pub mod router;
+#[cfg(test)]
+mod router_kv_tests;
 #[cfg(test)]
 mod router_tests;
 pub mod scorer;

@@ -7,6 +7,7 @@
 //! O(candidates × prompt blocks).
 mod decide;
 mod introspect;
+mod kv;
 mod pick;
 mod waitq;
 
@@ -49,6 +50,8 @@ struct Ticket {
     blocks: Vec<u64>,
     /// The backend's index version right after this ticket's chain was inserted.
     index_version: u64,
+    /// The chain is a speculative claim on an event-fed backend (`router/kv.rs`), ended at release.
+    claimed: bool,
 }
 
 struct Waiter {
@@ -109,10 +112,16 @@ pub struct Router {
     wait_queue_size: usize,
     wait_order: BTreeMap<(Tier, u64), u64>,
     waiters: U64Map<Waiter>,
+    /// Per slot: the router's own guess (backends without KV events) or the in-flight requests'
+    /// speculative chains (backends with them); see `router/kv.rs`.
     index: PrefixIndex,
+    /// The blocks event-fed backends' engines confirm they hold.
+    confirmed: PrefixIndex,
+    events: Vec<Option<kv::EventSlot>>,
     branches: BTreeMap<&'static str, u64>,
     // Scratch buffers reused across routes.
     matches: Vec<(u32, u32)>,
+    confirmed_matches: Vec<(u32, u32)>,
     slot_blocks: Vec<u32>,
     cands: Vec<Cand>,
     last: Option<LastDecision>,
@@ -144,8 +153,11 @@ impl Router {
             wait_order: BTreeMap::new(),
             waiters: U64Map::default(),
             index: PrefixIndex::new(),
+            confirmed: PrefixIndex::new(),
+            events: Vec::new(),
             branches: BTreeMap::new(),
             matches: Vec::new(),
+            confirmed_matches: Vec::new(),
             slot_blocks: Vec::new(),
             cands: Vec::new(),
             last: None,
@@ -193,6 +205,8 @@ impl Router {
                 self.by_id.insert(id.to_owned(), s);
                 self.order.push(s);
                 self.index.add_backend(s, DEFAULT_CAPACITY_BLOCKS);
+                // The engine evicts and says so: no LRU bound of our own (kvview bounds its size).
+                self.confirmed.add_backend(s, u64::MAX);
                 s
             }
         };
@@ -213,6 +227,7 @@ impl Router {
     pub fn reset_backend(&mut self, id: &str) -> Result<()> {
         let slot = self.slot_of(id)?;
         self.index.clear(slot);
+        self.confirmed.clear(slot);
         Ok(())
     }
 
@@ -222,6 +237,8 @@ impl Router {
         self.by_id.remove(id);
         self.order.retain(|&s| s != slot);
         self.index.remove_backend(slot);
+        self.drop_events(slot);
+        self.confirmed.remove_backend(slot);
         // The last decision's candidates name slots: one of them may be reused.
         self.cands.clear();
         self.last = None;
@@ -323,9 +340,14 @@ impl Router {
                 b.failed += 1;
             }
         }
-        // The engine just used these blocks: they are its most recently used. If nothing touched
-        // this backend's index since the route inserted them, they already are (skip the work).
-        if refresh && self.index.version(t.slot) != t.index_version {
+        let live = self.slots[t.slot as usize].gen == t.gen;
+        if t.claimed {
+            if live {
+                self.unclaim(t.slot, &t.blocks);
+            }
+        } else if refresh && self.index.version(t.slot) != t.index_version {
+            // The engine just used these blocks: they are its most recently used. If nothing touched
+            // this backend's index since the route inserted them, they already are (skip the work).
             self.index.insert(t.slot, &t.blocks);
         }
         Ok(self.wakeable(1))

@@ -74,12 +74,23 @@ impl Router {
     /// Fills every candidate's cached prefix and scorer values; returns the most any holds.
     fn score(&mut self, req: &Request, cands: &mut [Cand]) -> u64 {
         let mut matches = std::mem::take(&mut self.matches);
-        self.index.longest_prefix(&req.blocks, &mut matches);
         // Matches land in a slot-indexed array first: a linear search per candidate would make
-        // this O(candidates x holders).
+        // this O(candidates x holders). An event-fed backend is in both indexes (confirmed and
+        // speculative): it is credited with the longer match.
         self.slot_blocks.resize(self.slots.len(), 0);
+        self.index.longest_prefix(&req.blocks, &mut matches);
         for &(slot, n) in &matches {
             self.slot_blocks[slot as usize] = n;
+        }
+        if !self.events.is_empty() {
+            let mut confirmed = std::mem::take(&mut self.confirmed_matches);
+            self.confirmed.longest_prefix(&req.blocks, &mut confirmed);
+            for &(slot, n) in &confirmed {
+                let b = &mut self.slot_blocks[slot as usize];
+                *b = (*b).max(n);
+            }
+            matches.extend_from_slice(&confirmed);
+            self.confirmed_matches = confirmed;
         }
         let mut best_cached = 0u64;
         for c in cands.iter_mut() {
@@ -98,7 +109,7 @@ impl Router {
             (wants(Scorer::Cost), wants(Scorer::Prefix), wants(Scorer::LeastLoad), wants(Scorer::LeastInflight));
         // Only a prompt nobody holds reads how much each candidate holds.
         let least_held =
-            if cost && best_cached == 0 { cands.iter().map(|c| self.index.len(c.slot)).min().unwrap_or(0) } else { 0 };
+            if cost && best_cached == 0 { cands.iter().map(|c| self.held_blocks(c.slot)).min().unwrap_or(0) } else { 0 };
         let p = &self.policy.params;
         for c in cands.iter_mut() {
             let b = self.backend(c.slot);
@@ -110,7 +121,7 @@ impl Router {
                     uncached,
                     behind_best: best_cached - c.cached_tokens,
                     excess_held: (best_cached == 0)
-                        .then(|| (self.index.len(c.slot) - least_held) * req.block_tokens as u64),
+                        .then(|| (self.held_blocks(c.slot) - least_held) * req.block_tokens as u64),
                 };
                 c.raw[Scorer::Cost as usize] = scorer::cost(p, b, ttft, &at);
             }
@@ -207,7 +218,13 @@ impl Router {
         b.routed += 1;
         b.predicted_cached_tokens += c.cached_tokens;
         let backend_id = b.id.clone();
-        let index_version = self.index.insert(c.slot, &req.blocks);
+        let claimed = self.is_event_fed(c.slot);
+        let index_version = if claimed {
+            self.claim(c.slot, &req.blocks);
+            0
+        } else {
+            self.index.insert(c.slot, &req.blocks)
+        };
         let Request { model, stream, max_tokens, prompt_tokens, blocks, .. } = req;
         let t = Ticket {
             slot: c.slot,
@@ -218,6 +235,7 @@ impl Router {
             ttft_s: None,
             blocks,
             index_version,
+            claimed,
         };
         self.tickets.insert(ticket, t);
         Routed {

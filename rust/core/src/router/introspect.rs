@@ -44,6 +44,7 @@ impl Router {
                         "index",
                         Snap::Map(vec![kv("blocks", self.index.len(s)), kv("capacity_blocks", self.index.capacity(s))]),
                     ),
+                    kv("kv_events", self.kv_events_snap(s)),
                     kv(
                         "hits",
                         Snap::Map(vec![
