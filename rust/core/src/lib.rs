@@ -8,6 +8,7 @@
 //! - `outcome`: the decision values and the branch and reason names they carry;
 //! - `admission`: priority tiers and their limits;
 //! - `ratelimit`: per-API-key request and token buckets;
+//! - `tokenize`: a model's tokenizer and chat template, for token-exact block keys;
 //! - `policy`: policy names and weights; `snapshot`: the plain value tree for introspection.
 pub mod admission;
 pub mod backend;
@@ -28,15 +29,17 @@ mod router_kv_tests;
 mod router_tests;
 pub mod scorer;
 pub mod snapshot;
+pub mod tokenize;
 
 pub use admission::Tier;
 pub use backend::BackendUpdate;
 pub use error::{CoreError, Result};
-pub use outcome::{Branch, Decision, Outcome, Queued, Reason, Rejected, Routed};
-pub use request::{parse, Endpoint, HashConfig, Request};
+pub use outcome::{Branch, Decision, KeySpace, Outcome, Queued, Reason, Rejected, Routed};
+pub use request::{parse, parse_with, Endpoint, HashConfig, Request};
 pub use router::{Router, RouterConfig};
 pub use scorer::Scorer;
 pub use snapshot::Snap;
+pub use tokenize::{ModelTokenizer, TokenizerSet};
 
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")

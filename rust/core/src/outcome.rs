@@ -63,6 +63,19 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// What a request's block keys are made of (`Routed.key_space`).
+    KeySpace {
+        /// Exact token ids: a token-list prompt, or text through the model's tokenizer.
+        Tokens => "tokens",
+        /// The canonical byte stream: no tokenizer is configured for the model.
+        Bytes => "bytes",
+        /// The model has a tokenizer but this prompt could not be tokenized (template error,
+        /// non-text parts): routed on bytes.
+        BytesFallback => "bytes:tokenize_failed",
+    }
+}
+
 /// A key of the snapshot's `branches` counts: the branch that routed, the reason that rejected,
 /// or `queued`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,6 +108,7 @@ pub struct Routed {
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
     pub predicted_ttft_s: f64,
+    pub key_space: KeySpace,
 }
 
 #[derive(Clone, Debug, PartialEq)]

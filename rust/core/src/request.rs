@@ -16,6 +16,8 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use crate::error::{CoreError, Result};
 use crate::json_depth;
+pub use crate::outcome::KeySpace;
+use crate::tokenize::TokenizerSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -90,6 +92,8 @@ pub struct Request {
     /// Hash of the leading system/developer messages (or of the first message / first block when
     /// there is none): what `prefix_hash` routes on.
     pub system_hash: u64,
+    /// Whether `blocks` are keys of exact token ids or of the canonical byte stream.
+    pub key_space: KeySpace,
 }
 
 // Separators of the canonical stream: bytes that never occur in UTF-8 text of a JSON string
@@ -355,6 +359,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
     };
     let root = chain_root(&model);
     let text_block = cfg.text_block_bytes();
+    let mut key_space = KeySpace::Bytes;
     let (prompt_tokens, blocks, system_hash) = match endpoint {
         Endpoint::Chat => {
             let messages = top
@@ -402,6 +407,9 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
                 });
                 (t.len() as u64, c, sh)
             };
+            if matches!(repr, PromptRepr::Tokens(_) | PromptRepr::TokenBatch(_)) {
+                key_space = KeySpace::Tokens;
+            }
             match repr {
                 PromptRepr::Text(t) => first_text(&t),
                 PromptRepr::Tokens(t) => tokens(&t),
@@ -454,7 +462,53 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cfg: &HashConfig) -> Result<Reques
         block_tokens: cfg.block_tokens,
         blocks,
         system_hash,
+        key_space,
     })
+}
+
+/// `parse`, then, when `tokenizers` has the request's model, the chat or completions prompt's
+/// exact token ids as its blocks (`token_chain` from the model's root, salted by `cache_salt`) and
+/// its exact token count. A prompt the tokenizer cannot take (a template error, image parts)
+/// keeps the byte chain, and `key_space` says so.
+pub fn parse_with(body: &[u8], endpoint: Endpoint, cfg: &HashConfig, tokenizers: &TokenizerSet) -> Result<Request> {
+    let mut req = parse(body, endpoint, cfg)?;
+    if req.key_space == KeySpace::Tokens || !matches!(endpoint, Endpoint::Chat | Endpoint::Completions) {
+        return Ok(req);
+    }
+    let Some(tok) = tokenizers.get(&req.model) else { return Ok(req) };
+    // `parse` accepted the body, so these fields have the shapes it checked.
+    let extra: TokenFields = serde_json::from_slice(body).map_err(|e| CoreError::malformed(None, e.to_string()))?;
+    let ids = match endpoint {
+        Endpoint::Chat => tok.chat_ids(body),
+        _ => match extra.prompt.map(|p| serde_json::from_str::<PromptRepr>(p.get())) {
+            Some(Ok(PromptRepr::Text(t))) => tok.encode_prompt(&t),
+            Some(Ok(PromptRepr::TextBatch(b))) => tok.encode_prompt(b.first().map(|c| c.as_ref()).unwrap_or("")),
+            _ => Err("not a text prompt".to_owned()),
+        },
+    };
+    match ids {
+        Ok(ids) => {
+            let mut root = chain_root(&req.model);
+            if let Some(salt) = extra.cache_salt.filter(|s| !s.is_empty()) {
+                // vLLM mixes the salt into the first block's hash, so every block of a salted
+                // prompt differs from the unsalted one's: seeding the root does the same here.
+                root = xxh3_64_with_seed(salt.as_bytes(), root);
+            }
+            req.blocks = token_chain(&ids, cfg.block_tokens as usize, root);
+            req.prompt_tokens = ids.len() as u64;
+            req.key_space = KeySpace::Tokens;
+        }
+        Err(_) => req.key_space = KeySpace::BytesFallback,
+    }
+    Ok(req)
+}
+
+#[derive(Deserialize)]
+struct TokenFields<'a> {
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_salt: Option<Cow<'a, str>>,
 }
 
 /// Slow path, only on error: find which field is to blame so the client gets a useful `param`.

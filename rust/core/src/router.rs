@@ -23,6 +23,7 @@ use crate::policy::{Param, PolicyConfig, PolicyKind};
 use crate::request::{HashConfig, Request};
 use crate::rng::Rng;
 use crate::scorer::Scorer;
+use crate::tokenize::{ModelTokenizer, TokenizerSet};
 
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
@@ -125,6 +126,8 @@ pub struct Router {
     slot_blocks: Vec<u32>,
     cands: Vec<Cand>,
     last: Option<LastDecision>,
+    /// Models whose prompts are tokenized (token-exact block keys); the others hash bytes.
+    tokenizers: TokenizerSet,
 }
 
 /// SplitMix64's finaliser: spreads (key ^ backend) for rendezvous hashing.
@@ -161,7 +164,18 @@ impl Router {
             slot_blocks: Vec::new(),
             cands: Vec::new(),
             last: None,
+            tokenizers: TokenizerSet::default(),
         })
+    }
+
+    /// `None` removes the model's tokenizer: its requests hash bytes again.
+    pub fn set_tokenizer(&mut self, model: &str, tokenizer: Option<std::sync::Arc<ModelTokenizer>>) {
+        self.tokenizers.set(model, tokenizer);
+    }
+
+    /// For `request::parse_with`, outside the router's lock (a clone shares the map).
+    pub fn tokenizers(&self) -> TokenizerSet {
+        self.tokenizers.clone()
     }
 
     pub fn hash_config(&self) -> HashConfig {

@@ -225,7 +225,7 @@ impl Router {
         } else {
             self.index.insert(c.slot, &req.blocks)
         };
-        let Request { model, stream, max_tokens, prompt_tokens, blocks, .. } = req;
+        let Request { model, stream, max_tokens, prompt_tokens, blocks, key_space, .. } = req;
         let t = Ticket {
             slot: c.slot,
             gen,
@@ -248,6 +248,7 @@ impl Router {
             prompt_tokens,
             cached_tokens: c.cached_tokens,
             predicted_ttft_s: c.ttft(),
+            key_space,
         }
     }
 }
