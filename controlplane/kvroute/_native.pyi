@@ -14,6 +14,7 @@ __all__ = [
     "Rejected",
     "Queued",
     "RateLimiter",
+    "Tokenizer",
     "Endpoint",
     "Priority",
     "Decision",
@@ -21,6 +22,7 @@ __all__ = [
     "REASONS",
     "POLICIES",
     "SCORERS",
+    "KEY_SPACES",
 ]
 
 __version__: Final[str]
@@ -30,6 +32,9 @@ REASONS: Final[tuple[str, ...]]
 # Every policy name `Router(policy)` and `set_policy` accept, and every scorer a decision can report.
 POLICIES: Final[tuple[str, ...]]
 SCORERS: Final[tuple[str, ...]]
+# Every `Routed.key_space`: "tokens" (exact ids), "bytes" (no tokenizer for the model),
+# "bytes:tokenize_failed" (the model has one; this prompt could not be tokenized).
+KEY_SPACES: Final[tuple[str, ...]]
 
 class KvrouteError(Exception): ...
 class MalformedRequest(KvrouteError):
@@ -52,9 +57,10 @@ class Routed:
     model: str
     stream: bool
     max_tokens: int | None
-    prompt_tokens: int     # estimate from the body
+    prompt_tokens: int     # exact with key_space "tokens", else estimated from the body
     cached_tokens: int     # tokens of the prompt the core believes the backend holds
     predicted_ttft_s: float
+    key_space: str         # one of KEY_SPACES: what the block keys were made of
 
 @final
 class Rejected:
@@ -123,6 +129,8 @@ class Router:
         block_size: int | None = None,
     ) -> None: ...
     def reset_backend(self, backend_id: str) -> None: ...
+    def set_tokenizer(self, model: str, tokenizer: Tokenizer | None) -> None: ...
+    def tokenizer_models(self) -> list[str]: ...
     def remove_backend(self, backend_id: str) -> None: ...
     def backend_ids(self) -> list[str]: ...
     def in_flight(self, backend_id: str) -> int: ...
@@ -130,6 +138,29 @@ class Router:
     def policy(self) -> tuple[str, dict[str, float]]: ...
     def set_admission(self, tier: Priority, *, max_queue: int | None = None, max_wait_ms: float | None = None) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
+
+@final
+class Tokenizer:
+    """A model's tokenizer.json and chat template (file contents, not paths: the core reads no files).
+    Raises InvalidConfig when they do not load."""
+    def __new__(
+        cls,
+        tokenizer_json: str,
+        tokenizer_config_json: str | None = None,
+        chat_template: str | None = None,
+        *,
+        cache_tokens: int = 4194304,
+    ) -> Self: ...
+    @property
+    def per_message(self) -> bool: ...       # chats go through the per-message prefix cache
+    @property
+    def has_chat_template(self) -> bool: ...
+    @property
+    def cached_tokens(self) -> int: ...      # ids the prefix cache holds now
+    @property
+    def encoded_bytes(self) -> int: ...      # text bytes tokenized so far
+    def chat_ids(self, body: bytes) -> list[int]: ...      # MalformedRequest if it cannot be tokenized
+    def encode_prompt(self, text: str) -> list[int]: ...
 
 @final
 class RateLimiter:

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from kvroute import model_tokenizers
 from kvroute._native import POLICIES, InvalidConfig, RateLimiter, Router
 from kvroute.tls import backend_context
 
@@ -113,6 +114,9 @@ class Settings:
     kv_events_port_offset: int = 0
     kv_events_replay_port_offset: int = 0
     kv_events_replay_timeout: float = 2.0
+    # Token-exact block keys: model name (as requests carry it) -> local model directory with its
+    # tokenizer.json and chat template; other models keep the byte estimate (kvroute/model_tokenizers.py).
+    tokenizer: dict[str, str] = field(default_factory=dict)
 
     # Operations.
     log_format: str = "text"  # text | json
@@ -136,6 +140,8 @@ _HELP = {
     "kv_events_replay_endpoints": "backend URL=ZMQ replay endpoint of its KV event publisher",
     "kv_events_port_offset": "KV events at tcp://<backend host>:<backend port + this> (0: only kv_events_endpoints)",
     "kv_events_replay_port_offset": "replay endpoint at tcp://<backend host>:<backend port + this> (0: none)",
+    "tokenizer": "MODEL=DIR: tokenize MODEL's prompts with the tokenizer and chat template in DIR "
+                 "(repeatable or a comma list), for exact cache keys",
     "policy_weights": "weights of the policy, e.g. recompute_weight=10,content_weight=50 (docs/routing.md)",
     "rate_limit_rps": "requests per second allowed per API key (0: no limit); over it: 429 with Retry-After",
     "rate_limit_tpm": "tokens (prompt + output) per minute allowed per API key (0: no limit)",
@@ -161,6 +167,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return list(raw)
         if origin is dict:
             value_type = typing.get_args(kind)[1]
+            if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+                raw = ",".join(raw)  # a repeated flag
             if isinstance(raw, str):
                 pairs = [item.split("=", 1) for item in raw.split(",") if item]
                 if not all(len(pair) == 2 for pair in pairs):
@@ -292,6 +300,10 @@ def validate(settings: Settings) -> Settings:
         rate_limiter(settings)
     except InvalidConfig as exc:
         raise ConfigError(f"configuration: key 'rate_limit_rps_by_key' or 'rate_limit_tpm_by_key': {exc}") from None
+    try:
+        model_tokenizers.load_all(settings.tokenizer)
+    except model_tokenizers.TokenizerDirError as exc:
+        raise ConfigError(f"configuration: key 'tokenizer': {exc}") from None
     if settings.poll_timeout > settings.poll_interval:
         raise ConfigError(f"configuration: key 'poll_timeout' ({settings.poll_timeout}) must not exceed "
                           f"'poll_interval' ({settings.poll_interval}), or polls of a hung backend pile up")
@@ -346,7 +358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = _field_types()[f.name]
         help_text = _HELP.get(f.name, f"(env {ENV_PREFIX}{f.name.upper()})")
-        if typing.get_origin(kind) is list:
+        if typing.get_origin(kind) in (list, dict):
             parser.add_argument(flag, action="append", default=None, help=help_text)
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)

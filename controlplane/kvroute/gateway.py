@@ -16,6 +16,7 @@ import os
 import signal
 from typing import Sequence
 
+from kvroute import model_tokenizers
 from kvroute._native import Router
 from kvroute.admin import server as admin_server
 from kvroute.admin import worker_snapshots
@@ -44,6 +45,8 @@ class Gateway:
         )
         if settings.policy_weights:
             self.router.set_policy(settings.policy, **settings.policy_weights)
+        # Every worker builds its own Gateway, so each of serve --workers N tokenizes for itself.
+        self.tokenizers = model_tokenizers.apply(self.router, settings.tokenizer)
         self.fleet = Fleet(self.router, settings)
         self.observer = Observer(self.fleet)  # the proxy records outcomes here (kvroute.admin.observe)
         self.control = ControlPlane(settings, self.router, self.fleet, errors=self.observer)

@@ -7,6 +7,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 mod errors;
 mod ratelimit;
+mod tokenizer;
 use errors::to_pyerr;
 
 /// Bodies at least this large are parsed and hashed with the GIL released: below it, releasing
@@ -33,14 +34,16 @@ struct Routed {
     cached_tokens: u64,
     #[pyo3(get)]
     predicted_ttft_s: f64,
+    #[pyo3(get)]
+    key_space: &'static str,
 }
 
 #[pymethods]
 impl Routed {
     fn __repr__(&self) -> String {
         format!(
-            "Routed(ticket={}, backend_id={:?}, branch={:?}, model={:?}, stream={}, cached_tokens={}/{}, predicted_ttft_s={:.4})",
-            self.ticket, self.backend_id, self.branch, self.model, self.stream, self.cached_tokens, self.prompt_tokens, self.predicted_ttft_s
+            "Routed(ticket={}, backend_id={:?}, branch={:?}, model={:?}, stream={}, cached_tokens={}/{}, predicted_ttft_s={:.4}, key_space={:?})",
+            self.ticket, self.backend_id, self.branch, self.model, self.stream, self.cached_tokens, self.prompt_tokens, self.predicted_ttft_s, self.key_space
         )
     }
 }
@@ -105,6 +108,7 @@ fn decision(py: Python<'_>, d: core::Decision) -> PyResult<Py<PyAny>> {
                 prompt_tokens: r.prompt_tokens,
                 cached_tokens: r.cached_tokens,
                 predicted_ttft_s: r.predicted_ttft_s,
+                key_space: r.key_space.as_str(),
             },
         )?
         .into_any(),
@@ -190,8 +194,11 @@ impl Router {
         let endpoint = core::Endpoint::parse(endpoint).map_err(to_pyerr)?;
         let tier = core::Tier::parse(priority).map_err(to_pyerr)?;
         let hash = self.hash;
-        let req = if body.len() >= DETACH_BODY_BYTES {
-            py.detach(|| core::parse(body, endpoint, &hash))
+        // A short lock for the map (shared, not copied); tokenizing happens outside the lock.
+        let toks = self.core().tokenizers();
+        // Tokenizing a prompt costs far more than releasing the GIL, whatever its length.
+        let req = if body.len() >= DETACH_BODY_BYTES || !toks.is_empty() {
+            py.detach(|| core::parse_with(body, endpoint, &hash, &toks))
         } else {
             core::parse(body, endpoint, &hash)
         }
@@ -271,6 +278,18 @@ impl Router {
         self.core().reset_backend(backend_id).map_err(to_pyerr)
     }
 
+    /// Requests for `model` (a served model or LoRA adapter name) get token-exact block keys from
+    /// `tokenizer`; None returns them to byte keys.
+    #[pyo3(text_signature = "($self, model, tokenizer)")]
+    fn set_tokenizer(&self, model: &str, tokenizer: Option<PyRef<'_, tokenizer::Tokenizer>>) {
+        self.core().set_tokenizer(model, tokenizer.map(|t| t.inner.clone()));
+    }
+
+    #[pyo3(text_signature = "($self)")]
+    fn tokenizer_models(&self) -> Vec<String> {
+        self.core().tokenizers().models()
+    }
+
     #[pyo3(text_signature = "($self, backend_id)")]
     fn remove_backend(&self, backend_id: &str) -> PyResult<()> {
         self.core().remove_backend(backend_id).map_err(to_pyerr)
@@ -338,6 +357,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Rejected>()?;
     m.add_class::<Queued>()?;
     m.add_class::<ratelimit::RateLimiter>()?;
+    m.add_class::<tokenizer::Tokenizer>()?;
     // The stub's type aliases exist at runtime too, so `from kvroute._native import Decision` works
     // outside annotations and stubtest can check them.
     let py = m.py();
@@ -360,5 +380,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REASONS", names(&mut core::Reason::ALL.iter().map(|r| r.as_str()))?)?;
     m.add("POLICIES", names(&mut core::policy::PolicyKind::ALL.iter().map(|p| p.as_str()))?)?;
     m.add("SCORERS", names(&mut core::Scorer::ALL.iter().map(|s| s.as_str()))?)?;
+    m.add("KEY_SPACES", names(&mut core::KeySpace::ALL.iter().map(|k| k.as_str()))?)?;
     Ok(())
 }
