@@ -1,5 +1,5 @@
 # Hand-written stub of the native core (rust/py). Checked by `python -m mypy.stubtest kvroute._native`.
-from typing import Any, Final, Literal, Mapping, Self, Sequence, final
+from typing import Any, Final, Iterable, Literal, Mapping, Self, Sequence, final
 
 __all__ = [
     "__version__",
@@ -26,6 +26,15 @@ __all__ = [
 ]
 
 __version__: Final[str]
+# A KV event as Router.kv_apply takes it (vLLM's BlockStored / BlockRemoved / AllBlocksCleared):
+# ("stored", block_hashes, parent_hash, token_ids, block_size, lora_name, medium),
+# ("removed", block_hashes, medium), ("cleared",). Hashes are ints (u64) or bytes.
+_Hash = int | bytes
+_KvEvent = (
+    tuple[Literal["stored"], Sequence[_Hash], _Hash | None, Sequence[int], int, str | None, str | None]
+    | tuple[Literal["removed"], Sequence[_Hash], str | None]
+    | tuple[Literal["cleared"]]
+)
 # Every `Routed.branch` and every `Rejected.reason` the core can return (docs/routing.md lists them).
 BRANCHES: Final[tuple[str, ...]]
 REASONS: Final[tuple[str, ...]]
@@ -129,6 +138,9 @@ class Router:
         block_size: int | None = None,
     ) -> None: ...
     def reset_backend(self, backend_id: str) -> None: ...
+    def kv_apply(self, backend_id: str, model: str, events: Iterable[_KvEvent]) -> None: ...
+    def kv_reset(self, backend_id: str) -> None: ...
+    def kv_engine_hashes(self, backend_id: str) -> list[int]: ...
     def set_tokenizer(self, model: str, tokenizer: Tokenizer | None) -> None: ...
     def tokenizer_models(self) -> list[str]: ...
     def remove_backend(self, backend_id: str) -> None: ...

@@ -661,7 +661,8 @@ class Router:
     def _score(self, req: ParsedRequest, cands: list[_Cand]) -> int:
         for c in cands:
             n = c.b.matched_blocks(req.blocks)
-            c.cached_tokens = min(n * self.block_tokens, req.prompt_tokens) if n else 0
+            # vLLM computes the prompt's last token (its logits) even on a full hit: see decide.rs.
+            c.cached_tokens = min(n, max(req.prompt_tokens - 1, 0) // self.block_tokens) * self.block_tokens
         best_cached = max(c.cached_tokens for c in cands)
         cost = self._weighs("cost")
         least_held = min(len(c.b.index) for c in cands) if cost and best_cached == 0 else 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Coroutine
 
 from kvroute.control import discovery
 from kvroute.control.fleet import Backend
+from kvroute.control.kv_feed import KVFeed
 from kvroute.control.operator import Operator, start_limits
 from kvroute.control.poller import Poller
 from kvroute.control.shared_state import SharedAdminState, state_path
@@ -34,6 +35,7 @@ class ControlPlane:
         self.source: discovery.Discovery | None = None
         self.operator = Operator(router, fleet, self.add_backend)
         self.shared = SharedAdminState(self.operator, state_path(settings))
+        self.kv_feed = KVFeed(settings, router, fleet)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -85,6 +87,9 @@ class ControlPlane:
             self._spawn(self.shared.run(self.settings.poll_interval), "admin state")
         await self.poller.poll_once()
         self._spawn(self.poller.run(), "poller")  # the first round after one interval: one was just done
+        if self.kv_feed.enabled:
+            # Each backend is subscribed once its first poll named its model (the root of its chains).
+            self._spawn(self.kv_feed.run(settings.poll_interval), "kv events")
 
     async def add_backend(self, url: str, source: str = "admin") -> Backend:
         """Add a backend and poll it once before returning, so the caller sees its real state."""
@@ -98,6 +103,7 @@ class ControlPlane:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.kv_feed.close()
         if self.poller is not None:
             await self.poller.close()
         if self.client is not None:

@@ -40,6 +40,12 @@ pub enum KvEvent {
     Cleared,
 }
 
+/// vLLM's `medium` of a stored or removed block: None (before tiers existed) or "GPU" is the
+/// engine's own cache; "CPU", "DISK" and others are offload tiers.
+pub fn is_gpu_medium(medium: Option<&str>) -> bool {
+    medium.is_none_or(|m| m.eq_ignore_ascii_case("gpu"))
+}
+
 /// A sha256 block hash (vLLM with `VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0`) as a u64 identity.
 pub fn engine_hash_of_bytes(b: &[u8]) -> u64 {
     xxh3_64(b)

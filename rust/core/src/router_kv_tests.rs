@@ -62,7 +62,7 @@ fn speculative_claims_last_until_release_and_guesses_stop() {
     let mut r = router(2);
     r.kv_apply("b0", "m", &[]).unwrap();
     r.kv_apply("b1", "m", &[]).unwrap();
-    let ids = prompt(2, 8 * BS);
+    let ids = prompt(2, 8 * BS + 1);
     let first = route_tokens(&mut r, &ids);
     // Before any event: the second request of the burst follows the first's claim.
     let second = route_tokens(&mut r, &ids);

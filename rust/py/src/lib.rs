@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 mod errors;
+mod kv_events;
 mod ratelimit;
 mod tokenizer;
 use errors::to_pyerr;
@@ -276,6 +277,23 @@ impl Router {
     #[pyo3(text_signature = "($self, backend_id)")]
     fn reset_backend(&self, backend_id: &str) -> PyResult<()> {
         self.core().reset_backend(backend_id).map_err(to_pyerr)
+    }
+
+    /// One batch of a backend's KV events (tuples: see rust/py/src/kv_events.rs).
+    #[pyo3(text_signature = "($self, backend_id, model, events)")]
+    fn kv_apply(&self, backend_id: &str, model: &str, events: &Bound<'_, PyAny>) -> PyResult<()> {
+        let evs: Vec<_> = events.try_iter()?.map(|e| kv_events::event(&e?)).collect::<PyResult<_>>()?;
+        self.core().kv_apply(backend_id, model, &evs).map_err(to_pyerr)
+    }
+
+    #[pyo3(text_signature = "($self, backend_id)")]
+    fn kv_reset(&self, backend_id: &str) -> PyResult<()> {
+        self.core().kv_reset(backend_id).map_err(to_pyerr)
+    }
+
+    #[pyo3(text_signature = "($self, backend_id)")]
+    fn kv_engine_hashes(&self, backend_id: &str) -> PyResult<Vec<u64>> {
+        self.core().kv_engine_hashes(backend_id).map_err(to_pyerr)
     }
 
     /// Requests for `model` (a served model or LoRA adapter name) get token-exact block keys from

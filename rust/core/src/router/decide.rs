@@ -93,9 +93,14 @@ impl Router {
             self.confirmed_matches = confirmed;
         }
         let mut best_cached = 0u64;
+        // vLLM never serves a prompt's last token from cache (it must compute that token's
+        // logits), so at most the full blocks before it count: the engine's own
+        // `prompt_tokens_details.cached_tokens`, to the block.
+        let bt = req.block_tokens as u64;
+        let cacheable_blocks = req.prompt_tokens.saturating_sub(1) / bt.max(1);
         for c in cands.iter_mut() {
-            let n = self.slot_blocks[c.slot as usize];
-            c.cached_tokens = (n as u64 * req.block_tokens as u64).min(req.prompt_tokens);
+            let n = self.slot_blocks[c.slot as usize] as u64;
+            c.cached_tokens = n.min(cacheable_blocks) * bt;
             best_cached = best_cached.max(c.cached_tokens);
         }
         for &(slot, _) in &matches {

@@ -1,0 +1,85 @@
+"""The exact cache view end to end: the simulator's engines publish KV events over ZMQ, the feed
+subscribes and hands them to the routing core, and the core's view is checked against each
+engine's true block set and against the cached tokens the engine reports, request by request."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from kvroute import Router
+from kvroute.config import Settings
+from kvroute.control.fleet import Fleet
+from kvroute.control.kv_feed import KVFeed, as_tuples
+from kvroute.control.kv_decode import Cleared, Removed, Stored
+from kvroute.sim import SimFleet
+from kvroute.sim.kv_events import external_hash
+
+from tests.waiting import eventually
+
+BS = 4
+MODEL = "sim-model"
+
+
+def truth(sim: SimFleet, i: int) -> set[int]:
+    return {external_hash(h) for h in sim.instances[i].engine.kv.cached}
+
+
+def prompt(k: int) -> list[int]:
+    # Two families (first block), a branch per k mod 5, a tail per k mod 7: prefixes shared at
+    # several depths, and new ones the cost policy spreads over both engines.
+    return [1 + 8 * (k % 2)] * BS + [2 + k % 5] * BS + [100 + k % 7] * (BS * (1 + k % 3)) + [7 + k]
+
+
+def test_as_tuples_regroups_one_stored_run():
+    evs = [Stored(1, None, (1, 2), 2, None, "GPU"), Stored(2, 1, (3, 4), 2, None, "GPU"),
+           Stored(9, 5, (5, 6), 2, None, "GPU"), Removed((1,), None), Cleared()]
+    assert as_tuples(evs) == [("stored", [1, 2], None, [1, 2, 3, 4], 2, None, "GPU"),
+                              ("stored", [9], 5, [5, 6], 2, None, "GPU"), ("removed", [1], None), ("cleared",)]
+
+
+async def test_view_and_predictions_match_the_engines_under_cache_pressure():
+    # The KV pool (24 blocks) is about a quarter of what the traffic touches: most blocks get evicted.
+    async with SimFleet(instances=2, kv_events_port=0, per_token_delay=0.001, block_size=BS, num_gpu_blocks=24,
+                        model=MODEL) as sim:
+        settings = Settings(block_tokens=BS,
+                            kv_events_endpoints={i.url: i.kv_events.endpoint for i in sim.instances},
+                            kv_events_replay_endpoints={i.url: i.kv_events.replay_endpoint for i in sim.instances})
+        router = Router("cost", block_tokens=BS)
+        fleet = Fleet(router, settings)
+        backends = [fleet.add(url, models=[MODEL]) for url in sim.urls]
+        feed = KVFeed(settings, router, fleet)
+        feed.sync()
+
+        def settled() -> bool:
+            return all(set(router.kv_engine_hashes(b.id)) == truth(sim, i) for i, b in enumerate(backends))
+
+        checked = hits = 0
+        try:
+            async with aiohttp.ClientSession() as http:
+                for k in range(60):
+                    await eventually(settled, f"view equals the engines' blocks before request {k}")
+                    body = json.dumps({"model": MODEL, "prompt": prompt(k), "max_tokens": BS + 1}).encode()
+                    d = router.route(body, "completions")
+                    url = fleet.get(d.backend_id).url
+                    async with http.post(url + "/v1/completions", data=body,
+                                         headers={"content-type": "application/json"}) as r:
+                        assert r.status == 200
+                        usage = (await r.json())["usage"]
+                    cached = usage["prompt_tokens_details"]["cached_tokens"]
+                    assert d.cached_tokens == cached, (k, d, usage)
+                    checked += 1
+                    hits += cached > 0
+                    router.release(d.ticket, True, usage["prompt_tokens"], cached, usage["completion_tokens"], 0.01)
+            await eventually(settled, "view equals the engines' blocks at the end")
+            assert checked == 60 and hits > 20
+            assert all(i.engine.kv.evictions > 0 for i in sim.instances)
+            snap = {b["id"]: b for b in router.snapshot()["backends"]}
+            for b in backends:
+                view = snap[b.id]["kv_events"]
+                assert view["confirmed"] and view["removed"] > 0 and view["orphans"] == 0, view
+                assert view["speculative_blocks"] == 0  # nothing in flight
+            assert all(st["confirmed"] and st["resets"] == 0 for st in feed.states().values())
+        finally:
+            await feed.close()
