@@ -83,3 +83,46 @@ async def test_view_and_predictions_match_the_engines_under_cache_pressure():
             assert all(st["confirmed"] and st["resets"] == 0 for st in feed.states().values())
         finally:
             await feed.close()
+
+
+async def test_two_replicas_fed_the_same_requests_pick_the_same_backends():
+    """Two routing processes share no state; each subscribes to every engine. Given the same
+    requests and outcomes they must make the same choices, because their cache views are built
+    from the same events."""
+    async with SimFleet(instances=3, kv_events_port=0, per_token_delay=0.001, block_size=BS, num_gpu_blocks=32,
+                        model=MODEL) as sim:
+        settings = Settings(block_tokens=BS,
+                            kv_events_endpoints={i.url: i.kv_events.endpoint for i in sim.instances},
+                            kv_events_replay_endpoints={i.url: i.kv_events.replay_endpoint for i in sim.instances})
+        replicas = []
+        for _ in range(2):
+            router = Router("cost", block_tokens=BS)
+            fleet = Fleet(router, settings)
+            backends = [fleet.add(url, models=[MODEL]) for url in sim.urls]
+            feed = KVFeed(settings, router, fleet)
+            feed.sync()
+            replicas.append((router, fleet, backends, feed))
+
+        def settled() -> bool:
+            return all(set(router.kv_engine_hashes(b.id)) == truth(sim, i)
+                       for router, _, backends, _ in replicas for i, b in enumerate(backends))
+
+        picks: list[str] = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                for k in range(40):
+                    await eventually(settled, f"both views equal the engines' blocks before request {k}")
+                    body = json.dumps({"model": MODEL, "prompt": prompt(k) * (1 + k % 2), "max_tokens": BS}).encode()
+                    a, b = (router.route(body, "completions") for router, *_ in replicas)
+                    assert (a.backend_id, a.cached_tokens, a.branch) == (b.backend_id, b.cached_tokens, b.branch), k
+                    picks.append(a.backend_id)
+                    async with http.post(replicas[0][1].get(a.backend_id).url + "/v1/completions", data=body,
+                                         headers={"content-type": "application/json"}) as r:
+                        usage = (await r.json())["usage"]
+                    for (router, *_), d in zip(replicas, (a, b)):
+                        router.release(d.ticket, True, usage["prompt_tokens"],
+                                       usage["prompt_tokens_details"]["cached_tokens"], usage["completion_tokens"], 0.05)
+            assert len(set(picks)) >= 2, picks  # the choices were not trivially one backend
+        finally:
+            for *_, feed in replicas:
+                await feed.close()

@@ -12,49 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer as HFTok
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from kvroute import model_tokenizers
 from kvroute._native import KEY_SPACES, MalformedRequest, Router, Tokenizer
 from kvroute.config import ConfigError, Settings, validate
 from kvroute.sim.chat_template import _environment, load_chat
 from kvroute.sim.tokenizer import HFTokenizer, chat_messages
+from tests import tiny_chatml
 from tests.procs import serve_process
+from tests.tiny_chatml import TEMPLATE
 
 BLOCK = 4
-# ChatML with tools and a kwarg, the shape of Qwen's templates (every turn starts with a special token).
-TEMPLATE = (
-    "{% if tools %}<|im_start|>system\n# Tools\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
-    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)
-CORPUS = [
-    "You are a helpful assistant. Answer briefly and clearly.",
-    "What is the capital of France? Paris is the capital of France.",
-    "The quick brown fox jumps over the lazy dog, twice: 1 2 3 4 5.",
-    '{"name": "weather", "description": "Get the weather", "parameters": {"type": "object"}}',
-]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("tiny-chatml")
-    tok = HFTok(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|bos|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", 0)])
-    tok.save(str(d / "tokenizer.json"))
-    config = {"bos_token": {"content": "<|bos|>", "lstrip": False, "rstrip": False, "__type": "AddedToken"},
-              "eos_token": "<|im_end|>", "chat_template": TEMPLATE}
-    (d / "tokenizer_config.json").write_text(json.dumps(config))
-    return d
+    return tiny_chatml.build(tmp_path_factory.mktemp("tiny-chatml"))
 
 
 def vllm_ids(model_dir: Path, body: dict[str, Any]) -> list[int]:

@@ -16,6 +16,7 @@ from deploy_support import DASHBOARD, dashboard_queries, metric_names
 SNAPSHOT = {
     "kvroute_requests": "counter", "kvroute_ttft_seconds": "histogram", "kvroute_e2e_seconds": "histogram",
     "kvroute_decisions": "counter", "kvroute_shed": "counter", "kvroute_queued": "counter",
+    "kvroute_predicted_cached_tokens": "counter", "kvroute_reported_cached_tokens": "counter",
     "kvroute_retries": "counter", "kvroute_poll_errors": "counter", "kvroute_backend_healthy": "gauge",
     "kvroute_backend_stale": "gauge", "kvroute_backend_draining": "gauge", "kvroute_backend_circuit_state": "gauge",
     "kvroute_backend_in_flight": "gauge", "kvroute_backend_waiting": "gauge", "kvroute_backend_running": "gauge",

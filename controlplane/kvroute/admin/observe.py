@@ -75,26 +75,36 @@ class CoreCounters(Collector):
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+    def _families(self) -> tuple[CounterMetricFamily, ...]:
         return (CounterMetricFamily("kvroute_decisions", "Routing decisions, by the policy branch that made them",
                                     labels=["branch"]),
                 CounterMetricFamily("kvroute_shed", "Requests refused by admission control, by tier", labels=["tier"]),
                 CounterMetricFamily("kvroute_queued", "Requests held in the router's wait queue, by tier",
-                                    labels=["tier"]))
+                                    labels=["tier"]),
+                # Their ratio is the accuracy of the router's cache view (exact with KV events and a
+                # tokenizer, an estimate otherwise), per backend.
+                CounterMetricFamily("kvroute_predicted_cached_tokens",
+                                    "Prompt tokens the router predicted cached at routing, per backend", labels=["backend"]),
+                CounterMetricFamily("kvroute_reported_cached_tokens",
+                                    "Prompt tokens the backend reported cached (usage.prompt_tokens_details), per backend",
+                                    labels=["backend"]))
 
     def describe(self) -> list[CounterMetricFamily]:
         return list(self._families())
 
     def collect(self) -> list[CounterMetricFamily]:
         snapshot = self.router.snapshot()
-        decisions, shed, queued = self._families()
+        decisions, shed, queued, predicted, reported = self._families()
         for branch, count in snapshot["branches"].items():
             if branch in BRANCHES:  # the core counts its refusals there too, by reason
                 decisions.add_metric([branch], count)
         for tier, counts in snapshot["tiers"].items():
             shed.add_metric([tier], counts["shed"] + counts["queue_full"])
             queued.add_metric([tier], counts["queued"])
-        return [decisions, shed, queued]
+        for backend in snapshot["backends"]:
+            predicted.add_metric([backend["id"]], backend["hits"]["predicted_cached_tokens"])
+            reported.add_metric([backend["id"]], backend["hits"]["reported_cached_tokens"])
+        return [decisions, shed, queued, predicted, reported]
 
 
 class _Children:

@@ -140,6 +140,7 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
 
     def backend_states(backends: list[Backend]) -> list[dict[str, Any]]:
         core = _core_backends(router)
+        events = control.kv_feed.states()
         others_in_flight = summed_in_flight(observer.others())  # the other workers' requests there
         states = []
         for backend in backends:
@@ -147,6 +148,8 @@ def create_app(settings: Settings, router: Router, fleet: Fleet, observer: Obser
             state["in_flight"] += others_in_flight.get(backend.id, 0)
             if backend.id in core:
                 state["core"] = core[backend.id]  # learned rates, estimated cache hits: whatever the core reports
+            # The KV event subscription (sequence, lag, gaps recovered); the view itself is in core.kv_events.
+            state["kv_events"] = events.get(backend.id)
             states.append(state)
         return states
 

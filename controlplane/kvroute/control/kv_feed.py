@@ -80,7 +80,7 @@ class RouterSink:
 
 class KVFeed:
     def __init__(self, settings: Settings, router: Router, fleet: Fleet) -> None:
-        self.settings, self.fleet = settings, fleet
+        self.settings, self.router, self.fleet = settings, router, fleet
         self.subscriber = KVEventSubscriber(RouterSink(router, fleet), replay_timeout=settings.kv_events_replay_timeout)
 
     @property
@@ -100,6 +100,9 @@ class KVFeed:
                                              s.kv_events_port_offset, s.kv_events_replay_port_offset)
             if endpoint is not None:
                 log.info("kv events of %s from %s (replay %s)", backend.id, endpoint, replay or "none")
+                # Event-fed from now on, unconfirmed until its first batch: an idle engine's view is
+                # empty, not the router's guess.
+                self.router.kv_reset(backend.id)
                 self.subscriber.add(backend.id, endpoint, replay)
         for gone in subscribed - present:
             asyncio.get_running_loop().create_task(self.subscriber.remove(gone), name=f"kv-events-stop-{gone}")

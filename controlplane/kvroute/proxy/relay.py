@@ -499,6 +499,9 @@ class Dispatcher:
         if self.settings.debug_headers:
             lines.append(b"x-kvroute-backend: " + routed.backend_id.encode() + b"\r\n")
             lines.append(b"x-kvroute-branch: " + routed.branch.encode() + b"\r\n")
+            # The prediction the decision was made on, to set against the backend's usage.cached_tokens.
+            lines.append(b"x-kvroute-cached-tokens: " + str(routed.cached_tokens).encode() + b"\r\n")
+            lines.append(b"x-kvroute-key-space: " + routed.key_space.encode() + b"\r\n")
         return lines
 
     def _relayed(self, up: UpstreamConnection, routed: Routed, rid: bytes, req: Request, body: bytes) -> bytes:

@@ -39,9 +39,15 @@ impl Router {
 
     /// The backend's events can no longer be trusted to be complete (a gap replay could not fill,
     /// a publisher restart): forget its confirmed blocks; it is unconfirmed until the next batch.
+    /// On a backend without events yet (a subscription starting), it makes the backend event-fed
+    /// and unconfirmed: from now on only the engine's word and in-flight claims count.
     pub fn kv_reset(&mut self, id: &str) -> Result<()> {
         let slot = self.slot_of(id)?;
-        Self::event_slot(&mut self.events, &mut self.index, slot).view.reset(slot, &mut self.confirmed);
+        if self.is_event_fed(slot) {
+            Self::event_slot(&mut self.events, &mut self.index, slot).view.reset(slot, &mut self.confirmed);
+        } else {
+            Self::event_slot(&mut self.events, &mut self.index, slot);
+        }
         Ok(())
     }
 
