@@ -107,10 +107,13 @@ class Settings:
     healthy_after: int = 2
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
-    # vLLM KV events (--kv-events-config): each backend's ZMQ endpoint, named per backend URL or by a
-    # port offset rule (tcp://<backend host>:<backend port + offset>, 0: no rule); replay likewise.
+    # vLLM KV events (--kv-events-config): each backend's ZMQ endpoint, named per backend URL, else one
+    # port on every backend's host (Kubernetes pods), else a port offset rule (tcp://<backend host>:
+    # <backend port + offset>); 0: no rule. Replay likewise.
     kv_events_endpoints: dict[str, str] = field(default_factory=dict)
     kv_events_replay_endpoints: dict[str, str] = field(default_factory=dict)
+    kv_events_port: int = 0
+    kv_events_replay_port: int = 0
     kv_events_port_offset: int = 0
     kv_events_replay_port_offset: int = 0
     kv_events_replay_timeout: float = 2.0
@@ -138,6 +141,8 @@ _HELP = {
     "backend_tls_verify": "verify https:// backends' certificates and host names (false: trust any, for testing only)",
     "kv_events_endpoints": "backend URL=ZMQ endpoint of its vLLM KV events, e.g. http://10.0.0.5:8000=tcp://10.0.0.5:5557",
     "kv_events_replay_endpoints": "backend URL=ZMQ replay endpoint of its KV event publisher",
+    "kv_events_port": "KV events at tcp://<backend host>:<this port> for backends not named in kv_events_endpoints (0: none)",
+    "kv_events_replay_port": "replay endpoint at tcp://<backend host>:<this port> (0: none)",
     "kv_events_port_offset": "KV events at tcp://<backend host>:<backend port + this> (0: only kv_events_endpoints)",
     "kv_events_replay_port_offset": "replay endpoint at tcp://<backend host>:<backend port + this> (0: none)",
     "tokenizer": "MODEL=DIR: tokenize MODEL's prompts with the tokenizer and chat template in DIR "
@@ -224,7 +229,7 @@ NON_NEGATIVE = frozenset({
     "queue_threshold_high", "queue_threshold_normal", "queue_threshold_low",
     "max_wait_ms_high", "max_wait_ms_normal", "max_wait_ms_low",
 })
-PORTS = frozenset({"port", "admin_port", "dns_port"})
+PORTS = frozenset({"port", "admin_port", "dns_port", "kv_events_port", "kv_events_replay_port"})
 # The core takes them as u64: a larger number would fail deep in the core instead of here.
 UNSIGNED_64 = frozenset({"seed", "wait_queue_size", "queue_threshold_high", "queue_threshold_normal",
                          "queue_threshold_low"})

@@ -100,6 +100,11 @@ def test_endpoints_from_config():
     assert endpoints_for("http://10.0.0.5:8000/", *args) == ("tcp://10.0.0.5:5557", "tcp://10.0.0.5:8200")
     assert endpoints_for("http://h:8001", *args) == ("tcp://h:8101", "tcp://h:8201")
     assert endpoints_for("http://h:8001", {}, {}, 0, 200) == (None, None)
+    # One port on every backend's host (pods), before the offset rule.
+    assert endpoints_for("http://[fd00::1]:8000", {}, {}, 100, 200, 5557, 5558) == ("tcp://[fd00::1]:5557",
+                                                                                   "tcp://[fd00::1]:5558")
+    with pytest.raises(ConfigError):
+        from_mapping({"kv_events_port": 70000}, "test")
     with pytest.raises(ConfigError):
         from_mapping({"kv_events_replay_timeout": 0}, "test")
 

@@ -54,7 +54,7 @@ async def views(http: aiohttp.ClientSession, admin: int) -> dict[str, Any]:
 
 async def test_predicted_cached_tokens_equal_the_engines_turn_by_turn(model_dir: Path) -> None:
     sim_args = ("--instances", "2", "--base-port", "0", "--kv-events-port", "0", "--tokenizer", str(model_dir),
-                "--block-size", str(BS), "--num-gpu-blocks", "400", "--per-token-delay", "0.001")
+                "--block-size", str(BS), "--num-gpu-blocks", "4000", "--per-token-delay", "0.001")
     async with sim_process(*sim_args) as (_, info), \
             serve_process(*serve_args(info, model_dir), workers=2) as (_, port, admin), \
             aiohttp.ClientSession() as http:
@@ -79,6 +79,12 @@ async def test_predicted_cached_tokens_equal_the_engines_turn_by_turn(model_dir:
         # Two workers answered these; each decided on its own view, and each view was exact.
         assert all(p == r for p, r in seen), seen
         assert sum(r > 0 for _, r in seen) >= 9, seen  # turns after the first hit the cache
+        # A long prompt is tokenized on a worker thread (proxy OFFLOAD_ROUTE_BYTES): same answer.
+        long_body = {"model": "sim-model", "max_tokens": 2,
+                     "messages": [{"role": "user", "content": "the quick brown fox " * 1000}]}
+        async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=long_body) as r:
+            assert r.status == 200 and r.headers["x-kvroute-key-space"] == "tokens"
+            assert (await r.json())["usage"]["prompt_tokens"] > 1200
         v = await views(http, admin)
         # A backend whose engine has published is confirmed; one that never ran a request is
         # event-fed but unconfirmed (empty, not the router's guess).

@@ -72,9 +72,11 @@ class BackendEvents:
 
 
 def endpoints_for(backend_url: str, endpoints: dict[str, str], replay_endpoints: dict[str, str],
-                  port_offset: int = 0, replay_port_offset: int = 0) -> tuple[str | None, str | None]:
-    """A backend's (KV event endpoint, replay endpoint): named for its URL, else the port offset rule
-    (tcp://<backend host>:<backend port + offset>; 0 means no rule)."""
+                  port_offset: int = 0, replay_port_offset: int = 0, port: int = 0,
+                  replay_port: int = 0) -> tuple[str | None, str | None]:
+    """A backend's (KV event endpoint, replay endpoint): named for its URL, else one port on the
+    backend's host (`port`), else the offset rule (tcp://<backend host>:<backend port + offset>);
+    0 means no rule."""
     key = backend_url.rstrip("/")
     named = {k.rstrip("/"): v for k, v in endpoints.items()}
     named_replay = {k.rstrip("/"): v for k, v in replay_endpoints.items()}
@@ -82,9 +84,15 @@ def endpoints_for(backend_url: str, endpoints: dict[str, str], replay_endpoints:
     host = parts.hostname or "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    endpoint = named.get(key) or (f"tcp://{host}:{port + port_offset}" if port_offset else None)
-    replay = named_replay.get(key) or (f"tcp://{host}:{port + replay_port_offset}" if replay_port_offset else None)
+    http_port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    def rule(fixed: int, offset: int) -> str | None:
+        if fixed:
+            return f"tcp://{host}:{fixed}"
+        return f"tcp://{host}:{http_port + offset}" if offset else None
+
+    endpoint = named.get(key) or rule(port, port_offset)
+    replay = named_replay.get(key) or rule(replay_port, replay_port_offset)
     if endpoint is None:
         return None, None
     return endpoint, replay

@@ -1,7 +1,7 @@
 """Feeds each backend's vLLM KV events into the routing core: the exact cache view (issue 13).
 
 `KVFeed.sync()` keeps one subscription (control/kv_events.py) per backend that has an event
-endpoint (settings `kv_events_endpoints` / `kv_events_port_offset`) and whose served model is
+endpoint (settings `kv_events_endpoints`, `kv_events_port` or `kv_events_port_offset`) and whose served model is
 known, and drops those of backends that left the fleet. The sink hands each decoded batch to the
 core as plain tuples (`Router.kv_apply`); a subscriber reset becomes `Router.kv_reset`.
 
@@ -86,7 +86,7 @@ class KVFeed:
     @property
     def enabled(self) -> bool:
         s = self.settings
-        return bool(s.kv_events_endpoints or s.kv_events_port_offset)
+        return bool(s.kv_events_endpoints or s.kv_events_port or s.kv_events_port_offset)
 
     def sync(self) -> None:
         """Subscribe to new backends (once their model is known), unsubscribe from departed ones."""
@@ -97,7 +97,8 @@ class KVFeed:
             if backend.id in subscribed or not backend.models:
                 continue
             endpoint, replay = endpoints_for(backend.url, s.kv_events_endpoints, s.kv_events_replay_endpoints,
-                                             s.kv_events_port_offset, s.kv_events_replay_port_offset)
+                                             s.kv_events_port_offset, s.kv_events_replay_port_offset,
+                                             s.kv_events_port, s.kv_events_replay_port)
             if endpoint is not None:
                 log.info("kv events of %s from %s (replay %s)", backend.id, endpoint, replay or "none")
                 # Event-fed from now on, unconfirmed until its first batch: an idle engine's view is

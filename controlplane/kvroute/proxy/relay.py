@@ -83,6 +83,11 @@ class RetryBudget:
         return False
 
 
+# Bodies from this size are routed on a worker thread when prompts are tokenized: ~4k tokens, a
+# few ms cold, well above the ~50 µs a thread hop costs (below it, the hop costs more than it saves).
+OFFLOAD_ROUTE_BYTES = 16 * 1024
+
+
 def new_request_id() -> bytes:
     return os.urandom(12).hex().encode()
 
@@ -96,6 +101,10 @@ class Dispatcher:
         self.pool = pool
         self.draining = draining  # the server stops keep-alive once it drains
         self.loop = asyncio.get_running_loop()
+        # Tokenizing a long prompt the engine has not seen costs ~1 µs a token (docs/benchmarks.md:
+        # ~35 ms at 32k): done on the event loop it would stall every other request. The core
+        # releases the GIL while it tokenizes, so a worker thread lets the loop go on meanwhile.
+        self.offload_route = bool(router.tokenizer_models())
         self.waiters: dict[int, asyncio.Future[None]] = {}
         self.budget = RetryBudget(settings.retry_budget)
         self.observer = observer
@@ -214,7 +223,11 @@ class Dispatcher:
         session_key = session.decode(errors="replace") if session is not None else None
         router = self.router
         try:
-            decision = router.route(req.body, endpoint, priority, session_key)
+            if self.offload_route and len(req.body) >= OFFLOAD_ROUTE_BYTES:
+                decision = await self.loop.run_in_executor(None, router.route, req.body, endpoint, priority,
+                                                           session_key)
+            else:
+                decision = router.route(req.body, endpoint, priority, session_key)
         except MalformedRequest as exc:
             return self._error(conn, req, 400, str(exc) or "malformed request body", "invalid_request",
                                param=getattr(exc, "param", None), rid=rid)
