@@ -4,6 +4,7 @@ engine's true block set and against the cached tokens the engine reports, reques
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -126,3 +127,57 @@ async def test_two_replicas_fed_the_same_requests_pick_the_same_backends():
         finally:
             for *_, feed in replicas:
                 await feed.close()
+
+
+async def test_the_routers_view_recovers_from_drops_overrun_and_restart():
+    async with SimFleet(instances=1, kv_events_port=0, per_token_delay=0.001, block_size=BS, num_gpu_blocks=24,
+                        model=MODEL, kv_events_buffer_steps=10_000) as sim:
+        inst = sim.instances[0]
+        settings = Settings(block_tokens=BS, kv_events_endpoints={inst.url: inst.kv_events.endpoint},
+                            kv_events_replay_endpoints={inst.url: inst.kv_events.replay_endpoint})
+        router = Router("cost", block_tokens=BS)
+        fleet = Fleet(router, settings)
+        backend = fleet.add(inst.url, models=[MODEL])
+        feed = KVFeed(settings, router, fleet)
+        feed.sync()
+
+        def view() -> dict:
+            return {b["id"]: b for b in router.snapshot()["backends"]}[backend.id]["kv_events"]
+
+        def exact() -> bool:
+            return set(router.kv_engine_hashes(backend.id)) == truth(sim, 0)
+
+        async def traffic(start: int, n: int) -> None:
+            async with aiohttp.ClientSession() as http:
+                for k in range(start, start + n):
+                    async with http.post(inst.url + "/v1/completions",
+                                         json={"model": MODEL, "prompt": prompt(k), "max_tokens": BS}) as r:
+                        assert r.status == 200
+
+        try:
+            await traffic(0, 6)
+            await eventually(exact, "view settled")
+            # Dropped batches: replayed, the view stays exact, no reset.
+            await inst.set_fault("kv_drop", 3)
+            await traffic(6, 8)
+            await eventually(lambda: exact() and feed.states()[backend.id]["gaps_recovered"] >= 1, "gap replayed")
+            assert view()["resets"] == 0
+            # Lost from the replay buffer too: the view is reset, then holds only what the engine holds.
+            await inst.set_fault("kv_overrun", 2)
+            await traffic(14, 8)
+            await eventually(lambda: view()["resets"] >= 1 and view()["confirmed"], "reset and confirmed again")
+            assert set(router.kv_engine_hashes(backend.id)) <= truth(sim, 0)
+            # Blocks stored on top of what the reset forgot cannot be keyed: counted as orphans.
+            orphans = view()["orphans"]
+            # A restarted engine: empty cache, a publisher counting from 0 again; the view rebuilds.
+            await inst.set_fault("restart", 0)
+            await eventually(lambda: not inst.crashed and inst.kv_events.running, "restarted")
+            for k in range(30, 60, 3):  # until the subscriber has seen the new publisher (ZMQ reconnects)
+                await traffic(k, 3)
+                if feed.states()[backend.id]["restarts"]:
+                    break
+                await asyncio.sleep(0.2)
+            await eventually(lambda: feed.states()[backend.id]["restarts"] >= 1 and exact(), "view rebuilt")
+            assert view()["orphans"] == orphans  # the new engine's chains all start from the root
+        finally:
+            await feed.close()
