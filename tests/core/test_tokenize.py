@@ -41,8 +41,8 @@ def vllm_ids(model_dir: Path, body: dict[str, Any]) -> list[int]:
             call["function"]["arguments"] = json.loads(call["function"]["arguments"])
     tools = [{"type": "function", "function": {"name": t["function"]["name"],
                                                "description": t["function"].get("description"),
-                                               "parameters": t["function"].get("parameters")},
-              "defer_loading": None} for t in body.get("tools", [])] or None
+                                               "parameters": t["function"].get("parameters")}}
+             for t in body.get("tools", [])] or None
     text = _environment().from_string(TEMPLATE).render(
         messages=msgs, tools=tools, documents=None, add_generation_prompt=True,
         bos_token="<|bos|>", eos_token="<|im_end|>", **body.get("chat_template_kwargs", {}))

@@ -134,8 +134,9 @@ fn decoded_arguments(mut call: Json) -> Json {
 
 /// One tool as vLLM's `ChatCompletionToolsParam.model_dump()` gives it to the template: its
 /// declared fields in order with their defaults (`function.strict` and `function.defer_loading`
-/// only when set; the outer `defer_loading` copied into the function when only it is set), extra
-/// top-level keys after them, extra function keys dropped.
+/// only when set; the outer `defer_loading` copied into the function when only it is set, and kept
+/// outside only when set), extra keys dropped at both levels: vLLM 0.32's serializers keep only
+/// `model_fields` and pop a `None` `defer_loading` (seen against real vLLM in the KV-event tier).
 fn vllm_tool(t: Json) -> Result<Json, Unsupported> {
     let Json::Object(mut t) = t else { return Err("a tool must be an object".into()) };
     let Some(Json::Object(mut f)) = t.remove("function") else { return Err("a tool needs a `function` object".into()) };
@@ -158,8 +159,9 @@ fn vllm_tool(t: Json) -> Result<Json, Unsupported> {
     let mut out = Map::new();
     out.insert("type".into(), t.remove("type").unwrap_or_else(|| Json::String("function".into())));
     out.insert("function".into(), Json::Object(func));
-    out.insert("defer_loading".into(), outer_defer);
-    out.extend(t);
+    if !outer_defer.is_null() {
+        out.insert("defer_loading".into(), outer_defer);
+    }
     Ok(Json::Object(out))
 }
 
@@ -181,7 +183,7 @@ mod tests {
         assert_eq!(c.kwargs.len(), 1);
         assert!(c.add_generation_prompt);
         let tool = serde_json::to_string(&c.tools).unwrap();
-        assert_eq!(tool, r#"[{"type":"function","function":{"name":"w","description":null,"parameters":null},"defer_loading":null}]"#);
+        assert_eq!(tool, r#"[{"type":"function","function":{"name":"w","description":null,"parameters":null}}]"#);
         let shorter = read(br#"{"tools":[{"type":"function","function":{"name":"w","x":1}}],"chat_template_kwargs":{"enable_thinking":false,"messages":"ignored"},"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#).unwrap();
         assert_eq!(shorter.keys[0], c.keys[0], "same leading message, same tools and kwargs: same key");
         let no_tools = read(br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#).unwrap();
