@@ -7,6 +7,9 @@ by the publisher process (vllm/distributed/kv_events.py). Per backend:
 - a later number (a gap: the SUB socket dropped batches, or we joined late): the missed batches
   are asked of the publisher's replay endpoint (ROUTER: send [b"", start_seq], read
   [b"", topic, seq, payload] messages up to the end marker seq -1) and applied in order;
+- the backend went down (`reset`, called by the feed when its health checks fail): vLLM
+  publishes nothing until its engine next steps, so a restarted engine's empty cache would show
+  only with its first request; its view is dropped at once instead, and rebuilt as below;
 - a gap the replay cannot fill (no replay endpoint, timeout, or its buffer no longer reaches back
   far enough), or a number not above the last one (the publisher restarted, so the engine's cache
   is new): `sink.reset(backend_id)`, the sink forgets that backend, and the backend is unconfirmed
@@ -133,6 +136,14 @@ class KVEventSubscriber:
 
     def states(self) -> dict[str, dict[str, Any]]:
         return {b: st.as_dict() for b, st in self._state.items()}
+
+    def reset(self, backend_id: str) -> None:
+        """The engine may have restarted (it went down): forget its view and its sequence, so the
+        next batch rebuilds from scratch: a new publisher's first batches apply as they come, and a
+        publisher that lived on is a gap from 0, filled from its replay buffer."""
+        st = self._state.get(backend_id)
+        if st is not None:
+            self._reset(st)
 
     def state(self, backend_id: str) -> BackendEvents:
         return self._state[backend_id]

@@ -82,6 +82,7 @@ class KVFeed:
     def __init__(self, settings: Settings, router: Router, fleet: Fleet) -> None:
         self.settings, self.router, self.fleet = settings, router, fleet
         self.subscriber = KVEventSubscriber(RouterSink(router, fleet), replay_timeout=settings.kv_events_replay_timeout)
+        self._down: set[str] = set()  # subscribed backends seen unhealthy, their view already dropped
 
     @property
     def enabled(self) -> bool:
@@ -94,7 +95,10 @@ class KVFeed:
         present = {b.id for b in self.fleet.all()}
         subscribed = set(self.subscriber.states())
         for backend in self.fleet.all():
-            if backend.id in subscribed or not backend.models:
+            if backend.id in subscribed:
+                self._watch_health(backend.id, backend.healthy)
+                continue
+            if not backend.models:
                 continue
             endpoint, replay = endpoints_for(backend.url, s.kv_events_endpoints, s.kv_events_replay_endpoints,
                                              s.kv_events_port_offset, s.kv_events_replay_port_offset,
@@ -106,7 +110,19 @@ class KVFeed:
                 self.router.kv_reset(backend.id)
                 self.subscriber.add(backend.id, endpoint, replay)
         for gone in subscribed - present:
+            self._down.discard(gone)
             asyncio.get_running_loop().create_task(self.subscriber.remove(gone), name=f"kv-events-stop-{gone}")
+
+    def _watch_health(self, backend_id: str, healthy: bool) -> None:
+        """A backend that fails its health checks may come back as a new engine with an empty cache,
+        and vLLM publishes nothing until that engine's first step: drop its view when it goes down
+        (once per outage), so its first request after a restart is not routed on blocks it lost."""
+        if healthy:
+            self._down.discard(backend_id)
+        elif backend_id not in self._down:
+            self._down.add(backend_id)
+            log.info("backend %s is down: its KV view is dropped until its events rebuild it", backend_id)
+            self.subscriber.reset(backend_id)
 
     async def run(self, interval: float) -> None:
         while True:
