@@ -160,5 +160,14 @@ def run_kubectl(cluster: Cluster, line: str, root: Path) -> None:
         _resource(cluster, namespace, f"{rest[1]}/{rest[2]}")
     elif verb == "scale":
         _resource(cluster, namespace, rest[1])
+    elif verb == "logs":
+        _resource(cluster, namespace, rest[1])
+        if "-c" in rest:  # the named container (or init container) must be in the pod template
+            kind, _, name = rest[1].partition("/")
+            pod = _pod_spec(cluster.objects["Deployment", namespace, name])
+            assert pod is not None
+            names = {c["name"] for c in pod.get("initContainers", []) + pod["containers"]}
+            if rest[rest.index("-c") + 1] not in names:
+                raise StepFailed(f"{rest[1]} has no container {rest[rest.index('-c') + 1]}")
     else:
         raise StepFailed(f"the replay does not know this command: {line}")

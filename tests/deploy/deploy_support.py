@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from kvroute.config import Settings
+from kvroute.config import Settings, from_env, from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -19,6 +19,9 @@ DASHBOARD = DEPLOY / "grafana" / "kvroute-dashboard.json"
 # The oldest Kubernetes minor the manifests promise to work on (EKS and GKE both still offer it), and
 # the newest schema the validator ships.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
+# A fleet whose model is not the gateway ConfigMap's has its gateway overlay here, by the fleet's name.
+FLEET_GATEWAYS = DEPLOY / "fleet-gateways"
+TINY_TOKENIZER = DEPLOY / "local" / "sim-tokenizer"
 SETTINGS_KEYS = frozenset(f.name for f in dataclasses.fields(Settings))
 
 
@@ -51,6 +54,77 @@ def objects(folder: Path, recursive: bool = False) -> dict[tuple[str, str], dict
 
 def containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield from workload["spec"]["template"]["spec"]["containers"]
+
+
+def makefile_pin(name: str) -> str:
+    """A `NAME := value` line of the Makefile (VLLM_VERSION, TORCH_VERSION)."""
+    found = re.search(rf"^{name} := (\S+)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert found, f"{name} not found in the Makefile"
+    return found.group(1)
+
+
+def gateway_folder(fleet: Path) -> Path:
+    """The kustomization an operator applies for the gateway in front of `fleet` (docs/deployment.md step 4)."""
+    own = FLEET_GATEWAYS / fleet.name
+    return own if own.is_dir() else KUBE
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def flags(args: list[str]) -> dict[str, str | bool]:
+    """--name=value and bare --name flags of a command line (vLLM's, the simulator's --name value pairs too)."""
+    found: dict[str, str | bool] = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg.partition("=")
+        if eq:
+            found[name] = value
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            found[name] = args[i + 1]
+        else:
+            found[name] = True
+    return found
+
+
+def literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def effective_settings(configmap: dict[str, Any], container: dict[str, Any], key: str = "kvroute.yaml") -> Settings:
+    """What `kvroute serve --config` in `container` starts with: the ConfigMap's YAML, then the
+    container's literal KVROUTE_* variables (no validate(): the tokenizer directories are on a volume)."""
+    loaded = yaml.safe_load(configmap["data"][key])
+    return from_env(literal_env(container), from_mapping(loaded, configmap["metadata"]["name"]))
+
+
+def with_tokenizers_at(config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """kvroute.yaml's mapping with every tokenizer directory replaced by a local one: the tests' stand-in
+    for the pod's tokenizer volume (validate() loads each directory)."""
+    return {**config, "tokenizer": {model: str(directory) for model in config.get("tokenizer", {})}}
+
+
+def runnable_configmap() -> str:
+    """deploy/kubernetes's kvroute.yaml as a process on this machine can run it: the tokenizer
+    directories (the pod's volume) point at a real tokenizer here."""
+    text = objects(KUBE)["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"]
+    return yaml.safe_dump(with_tokenizers_at(yaml.safe_load(text), TINY_TOKENIZER))
+
+
+def mount_holding(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volumeMount, volume) under which `path` lies in this container; AssertionError if none."""
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+            return mount, volume
+    raise AssertionError(f"{path} is on no volume of container {container['name']}")
 
 
 def env_var_settings_key(name: str) -> str | None:

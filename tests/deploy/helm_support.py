@@ -31,6 +31,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                          "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "router",
                                           "effect": "NoSchedule"}],
                          "imagePullSecrets": [{"name": "registry"}], "gracePeriod": 120},
+    # The tokenizer from a PersistentVolumeClaim (no init container), under a served alias; no replay.
+    "tokenizer-pvc": {"tokenizer": {"model": "qwen-chat", "repository": "Qwen/Qwen2.5-1.5B-Instruct",
+                                    "mountPath": "/models/tokenizers",
+                                    "volume": {"persistentVolumeClaim": {"claimName": "tokenizers", "readOnly": True}}},
+                      "kvEvents": {"replayPort": 0}},
+    # The router as before the exact view: no KV events, no tokenizer (bytes key space).
+    "byte-view": {"kvEvents": {"enabled": False}, "tokenizer": {"enabled": False}},
 }
 
 

@@ -76,6 +76,17 @@ def sim_url() -> Iterator[str]:
         yield url
 
 
+def kv_event_args(started: dict) -> list[str]:
+    """`kvroute serve` flags naming each simulated server's KV event publisher and replay endpoint, from
+    the line `kvroute sim --kv-events-port 0` printed (its instances publish on ports of their own,
+    which one kv_events_port cannot name)."""
+    args = []
+    for url, endpoints in started["kv_events"].items():
+        args += ["--kv-events-endpoints", f"{url}={endpoints['endpoint']}",
+                 "--kv-events-replay-endpoints", f"{url}={endpoints['replay_endpoint']}"]
+    return args
+
+
 @contextlib.contextmanager
 def running_gateway(config: str, backends: list[str], *args: str) -> Iterator[dict[str, str]]:
     """`kvroute serve --config` with this kvroute.yaml in front of `backends`; yields base and admin URLs.

@@ -61,3 +61,15 @@ def test_the_replay_refuses_the_order_the_guide_used_to_give():
 def test_the_replay_sees_a_missing_secret():
     cluster = _replay(["kubectl apply -k deploy/kubernetes"])  # namespace included, Secret not created
     assert "Deployment/kvroute needs Secret/kvroute-admin" in cluster.dangling_references()
+
+
+def test_the_h100_fleet_with_its_gateway_finds_no_missing_object():
+    # The guide's step 4 alternative for the Llama fleet (its comment names the overlay).
+    guide = GUIDE.read_text()
+    assert "deploy/fleet-gateways/h100-llama-3.1-8b" in guide
+    cluster = _replay(["kubectl apply -f deploy/kubernetes/namespace.yaml",
+                       "kubectl -n kvroute create secret generic kvroute-admin --from-literal=admin-token=x",
+                       "kubectl apply -k deploy/kubernetes/fleets/h100-llama-3.1-8b",
+                       "kubectl apply -k deploy/fleet-gateways/h100-llama-3.1-8b",
+                       "kubectl -n kvroute logs deploy/kvroute -c fetch-tokenizer"])
+    assert cluster.dangling_references() == []

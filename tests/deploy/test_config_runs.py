@@ -12,17 +12,17 @@ import urllib.request
 from typing import Iterator
 
 import pytest
-import yaml
 
-from deploy_support import DASHBOARD, KUBE, dashboard_queries, metric_names, objects
+from deploy_support import DASHBOARD, KUBE, dashboard_queries, metric_names, objects, runnable_configmap
 from sim_process import get as _get, running_gateway, sim_url, wait_for as _wait_for  # noqa: F401  (sim_url: a fixture)
 
 
 
 @pytest.fixture(scope="module")
 def gateway(sim_url: str) -> Iterator[dict[str, str]]:
-    config = objects(KUBE)["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"]
-    with running_gateway(config, [sim_url]) as urls:
+    # The KV event subscription runs and finds no publisher on this simulator (port 5557 of 127.0.0.1);
+    # tests/deploy/test_local_exact_view.py runs one.
+    with running_gateway(runnable_configmap(), [sim_url]) as urls:
         yield urls
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from bench import fleet_check
-from deploy_support import KUBE, objects
-from sim_process import running_gateway, running_sim, wait_for
+from deploy_support import TINY_TOKENIZER, runnable_configmap
+from sim_process import kv_event_args, running_gateway, running_sim, wait_for
 
 
 def test_summary_arithmetic():
@@ -25,8 +25,14 @@ def test_summary_arithmetic():
 
 
 def test_cost_routing_keeps_each_prefix_where_it_is_cached(capsys):
-    config = objects(KUBE)["ConfigMap", "kvroute-config"]["data"]["kvroute.yaml"]
-    with running_sim("--instances", "3") as sim, running_gateway(config, sim["urls"]) as gateway:
+    # With the exact view the ConfigMap turns on: the simulators publish KV events and tokenize with a
+    # real tokenizer, which the gateway loads for their model. (Pointed at publishers that do not
+    # exist, the gateway would wait for events that never come and route with no cache view at all.)
+    config = runnable_configmap()
+    sim_args = ("--instances", "3", "--block-size", "16", "--kv-events-port", "0", "--tokenizer", str(TINY_TOKENIZER))
+    with running_sim(*sim_args) as sim, \
+            running_gateway(config, sim["urls"], "--tokenizer", f"sim-model={TINY_TOKENIZER}",
+                            *kv_event_args(sim)) as gateway:
         wait_for(gateway["base"] + "/ready")  # a healthy backend seen: routing has a fleet
         assert fleet_check.main(["--url", gateway["base"], "--groups", "3", "--rounds", "4",
                                  "--prefix-words", "200"]) == 0

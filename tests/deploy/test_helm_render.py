@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from cluster_model import Cluster
-from deploy_support import K8S_VERSIONS, KUBE, containers, objects
+from deploy_support import (
+    K8S_VERSIONS, KUBE, TINY_TOKENIZER, containers, effective_settings, flags, mount_holding, named_ports, objects,
+    pod_spec, with_tokenizers_at,
+)
 from helm_support import CHART, CRD_KINDS, NAMESPACE, VALUE_SETS, helm, render
 from kvroute.config import from_mapping, validate
 
@@ -65,7 +68,9 @@ def test_config_is_valid_settings_and_ports_agree(values_set):
     name, docs = values_set
     found = _by_key(docs)
     (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    settings = validate(from_mapping(yaml.safe_load(configmap["data"]["kvroute.yaml"]), f"helm {name}"))
+    # validate() loads each tokenizer directory: a real tokenizer stands in for the pod's volume.
+    settings = validate(from_mapping(with_tokenizers_at(yaml.safe_load(configmap["data"]["kvroute.yaml"]),
+                                                        TINY_TOKENIZER), f"helm {name}"))
     (container,) = containers(_gateway(docs))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": settings.port, "admin": settings.admin_port}
@@ -101,6 +106,9 @@ def test_every_reference_resolves_in_the_release(values_set):
     if existing:
         cluster.apply({"kind": "Secret", "metadata": {"name": existing, "namespace": NAMESPACE},
                        "data": {"admin-token": "eA=="}})
+    claim = given.get("tokenizer", {}).get("volume", {}).get("persistentVolumeClaim")
+    if claim:  # the operator's volume of tokenizer files
+        cluster.apply({"kind": "PersistentVolumeClaim", "metadata": {"name": claim["claimName"], "namespace": NAMESPACE}})
     for secret in given.get("imagePullSecrets", []):
         cluster.apply({"kind": "Secret", "metadata": {"name": secret["name"], "namespace": NAMESPACE}, "data": {}})
     for doc in docs:
@@ -112,9 +120,70 @@ def test_the_vllm_network_policy_admits_the_charts_gateway(values_set):
     _, docs = values_set
     labels = _gateway(docs)["spec"]["template"]["metadata"]["labels"]
     policy = objects(KUBE / "vllm")["NetworkPolicy", "vllm-from-router-only"]
-    selectors = [p["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for p in rule["from"]
-                 if "podSelector" in p]
-    assert any(selector.items() <= labels.items() for selector in selectors)
+    # On the API port and on both KV event ports, by a rule whose pod selector the chart's pods match.
+    admitted = {p["port"] for rule in policy["spec"]["ingress"]
+                if any("podSelector" in peer and peer["podSelector"]["matchLabels"].items() <= labels.items()
+                       for peer in rule["from"])
+                for p in rule["ports"]}
+    assert {"http", "kv-events", "kv-replay"} <= admitted
+
+
+def _vllm_server() -> dict[str, Any]:
+    (server,) = containers(objects(KUBE / "vllm")["Deployment", "vllm"])
+    return server
+
+
+def test_the_exact_view_matches_the_vllm_manifests(values_set):
+    """kv_events_port / kv_events_replay_port are the vLLM pods' kv-events / kv-replay ports (0 where
+    the values turn them off), block_tokens their --block-size."""
+    name, docs = values_set
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (container,) = containers(_gateway(docs))
+    settings = effective_settings(configmap, container)
+    server = _vllm_server()
+    ports, given = named_ports(server), flags(server["args"])
+    kv_events = {"enabled": True, "replayPort": ports["kv-replay"], **VALUE_SETS[name].get("kvEvents", {})}
+    if kv_events["enabled"]:
+        assert settings.kv_events_port == ports["kv-events"]
+        assert settings.kv_events_replay_port == kv_events["replayPort"]
+    else:
+        assert settings.kv_events_port == settings.kv_events_replay_port == 0
+    assert settings.block_tokens == int(given["--block-size"])
+
+
+def test_the_tokenizer_is_a_read_only_volume_of_the_served_model(values_set):
+    name, docs = values_set
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    pod = pod_spec(_gateway(docs))
+    (container,) = pod["containers"]
+    settings = effective_settings(configmap, container)
+    tokenizer = VALUE_SETS[name].get("tokenizer", {})
+    if tokenizer.get("enabled") is False:
+        assert settings.tokenizer == {} and "initContainers" not in pod
+        assert "tokenizers" not in {v["name"] for v in pod["volumes"]}
+        return
+    given = flags(_vllm_server()["args"])
+    # The chart's default is the name the vLLM manifests serve; a values set may name an alias.
+    served = tokenizer.get("model", given["--served-model-name"])
+    assert list(settings.tokenizer) == [served]
+    mount, volume = mount_holding(pod, container, settings.tokenizer[served])
+    assert mount.get("readOnly") is True
+    if "volume" in tokenizer:  # the operator's volume: no fetch
+        assert "initContainers" not in pod and {k: v for k, v in volume.items() if k != "name"} == tokenizer["volume"]
+        return
+    assert "emptyDir" in volume
+    (fetch,) = pod["initContainers"]
+    assert fetch["image"] == container["image"] and fetch["command"][:3] == ["python", "-m", "kvroute.fetch_tokenizer"]
+    init_mount, init_volume = mount_holding(pod, fetch, settings.tokenizer[served])
+    assert init_volume is volume and init_mount["mountPath"] == mount["mountPath"]
+    assert dict(effective_settings(configmap, fetch).tokenizer) == dict(settings.tokenizer)
+    repo = flags(fetch["command"]).get("--repo")
+    assert repo == (f"{served}={tokenizer['repository']}" if tokenizer.get("repository") else None)
+
+
+def test_config_cannot_shadow_the_values_that_shape_the_pod():
+    with pytest.raises(helm.HelmError, match="config.block_tokens"):
+        render({"config": {"block_tokens": 32}})
 
 
 def test_the_service_monitor_scrapes_the_admin_service():

@@ -3,7 +3,7 @@ Kubernetes' own schemas and with kvroute's Settings."""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import shutil
 import subprocess
 from typing import Any
@@ -13,7 +13,9 @@ import yaml
 
 from cluster_model import rendered
 from deploy_support import (
-    DEPLOY, K8S_VERSIONS, KUBE, SETTINGS_KEYS, containers, env_var_settings_key, manifest_files, objects, yaml_documents,
+    DEPLOY, FLEET_GATEWAYS, K8S_VERSIONS, KUBE, SETTINGS_KEYS, TINY_TOKENIZER, containers, effective_settings,
+    env_var_settings_key, makefile_pin, manifest_files, mount_holding, named_ports, objects, pod_spec, with_tokenizers_at,
+    yaml_documents,
 )
 from kvroute.config import from_mapping, validate
 
@@ -60,9 +62,14 @@ def test_manifest_matches_kubernetes_schema(path, version):
         kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_configmap_keys_are_settings(config):
-    # validate: the checks that span keys (e.g. poll_timeout <= poll_interval), as `kvroute serve` runs them.
-    settings = validate(from_mapping(config, "deploy/kubernetes/configmap.yaml"))
+def test_configmap_keys_are_settings(config, backends):
+    # validate: the checks that span keys (e.g. poll_timeout <= poll_interval), as `kvroute serve` runs
+    # them; it loads every tokenizer directory, here a real tokenizer in place of the pod's volume.
+    settings = validate(from_mapping(with_tokenizers_at(config, TINY_TOKENIZER), "deploy/kubernetes/configmap.yaml"))
+    (server,) = containers(backends["Deployment", "vllm"])
+    ports = named_ports(server)
+    assert (settings.kv_events_port, settings.kv_events_replay_port) == (ports["kv-events"], ports["kv-replay"])
+    assert settings.tokenizer and all(d == str(TINY_TOKENIZER) for d in settings.tokenizer.values())
     # Secrets and per-pod facts come from the environment, never from a ConfigMap.
     assert "admin_token" not in config
     assert "k8s_namespace" not in config
@@ -217,16 +224,62 @@ def test_local_sim_backends_run_the_simulator_cli():
     (container,) = containers(local["Deployment", "vllm"])
     assert container["args"][0] == "sim"
     args = sim_cli.build_parser().parse_args(container["args"][1:])
-    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
-    assert (args.host, args.base_port, args.instances) == ("0.0.0.0", port, 1)
+    ports = named_ports(container)
+    assert (args.host, args.base_port, args.instances) == ("0.0.0.0", ports["http"], 1)
+    # One instance per pod: it publishes on exactly the kv-events / kv-replay ports the Service names
+    # and the gateway subscribes to, in blocks of the gateway's size.
+    assert (args.kv_events_port, args.kv_events_replay_port) == (ports["kv-events"], ports["kv-replay"])
+    (gateway,) = containers(local["Deployment", "kvroute"])
+    configmap = [d for (kind, _), d in local.items() if kind == "ConfigMap" and d["metadata"]["name"] == "kvroute-config"]
+    settings = effective_settings(configmap[0], gateway)
+    assert (settings.kv_events_port, settings.kv_events_replay_port) == (ports["kv-events"], ports["kv-replay"])
+    assert settings.block_tokens == args.block_size
+    # Both load the overlay's tokenizer ConfigMap, each from a read-only mount of it; the gateway keys
+    # it by the model the simulator serves.
+    assert list(settings.tokenizer) == ["sim-model"] and args.model in (None, ["sim-model"])
+    volumes = []
+    for workload, path, holder in ((local["Deployment", "vllm"], args.tokenizer, container),
+                                   (local["Deployment", "kvroute"], settings.tokenizer["sim-model"], gateway)):
+        mount, volume = mount_holding(pod_spec(workload), holder, path)
+        assert mount.get("readOnly") is True and "configMap" in volume
+        volumes.append(volume["configMap"]["name"])
+    assert len(set(volumes)) == 1 and ("ConfigMap", volumes[0]) in local
+    assert "initContainers" not in pod_spec(local["Deployment", "kvroute"])  # no Hub fetch on a laptop
+
+
+def test_local_tokenizer_is_the_tiny_test_model(tmp_path):
+    # deploy/local/sim-tokenizer is committed output of tests/tiny_chatml.py; rebuilt, it is identical.
+    import sys
+
+    sys.path.insert(0, str(DEPLOY.parent / "tests"))
+    import tiny_chatml
+
+    tiny_chatml.build(tmp_path)
+    assert sorted(p.name for p in TINY_TOKENIZER.iterdir()) == sorted(p.name for p in tmp_path.iterdir())
+    for built in tmp_path.iterdir():
+        assert (TINY_TOKENIZER / built.name).read_bytes() == built.read_bytes(), built.name
+
+
+GATEWAY_FOLDERS = [KUBE, DEPLOY / "local", *sorted(FLEET_GATEWAYS.iterdir())]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its built-in kustomize) not installed")
+@pytest.mark.parametrize("folder", GATEWAY_FOLDERS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_gateway_starts_with_its_effective_settings(folder):
+    """ConfigMap then the container's KVROUTE_* variables, through kvroute's own loader and validate(),
+    the tokenizer directories standing in for the pod's volume."""
+    found = {(d["kind"], d["metadata"]["name"]): d for d in rendered(folder)}
+    configmap = next(d for (kind, name), d in found.items() if kind == "ConfigMap" and name.startswith("kvroute-config"))
+    (container,) = containers(found["Deployment", "kvroute"])
+    settings = effective_settings(configmap, container)
+    validate(from_mapping(with_tokenizers_at(dataclasses.asdict(settings), TINY_TOKENIZER), str(folder)))
+    assert settings.kv_events_port and settings.kv_events_replay_port and settings.tokenizer
 
 
 def test_vllm_example_runs_the_version_the_real_vllm_tests_pin(backends):
     # The Makefile's VLLM_VERSION is the vLLM whose /metrics page the parser is tested against.
-    pinned = re.search(r"^VLLM_VERSION := (\S+)$", (DEPLOY.parent / "Makefile").read_text(), flags=re.M)
-    assert pinned, "VLLM_VERSION not found in the Makefile"
     (container,) = containers(backends["Deployment", "vllm"])
-    assert container["image"] == f"vllm/vllm-openai:v{pinned.group(1)}"
+    assert container["image"] == f"vllm/vllm-openai:v{makefile_pin('VLLM_VERSION')}"
 
 
 def test_discovery_reads_the_slices_the_vllm_service_gets(config, backends):

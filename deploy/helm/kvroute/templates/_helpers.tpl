@@ -61,3 +61,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- join "," $pairs }}
 {{- end }}
+
+{{/* Where the gateway finds the served model's tokenizer files: <mountPath>/<model>. */}}
+{{- define "kvroute.tokenizerDir" -}}
+{{- printf "%s/%s" (.Values.tokenizer.mountPath | trimSuffix "/") .Values.tokenizer.model }}
+{{- end }}
