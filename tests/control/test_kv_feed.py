@@ -244,3 +244,27 @@ async def test_a_backend_that_went_down_is_not_routed_on_the_blocks_it_lost():
                 assert feed.states()[backend.id]["resets"] == 1
         finally:
             await feed.close()
+
+
+async def test_an_unreachable_publisher_leaves_the_routers_own_view():
+    """Events configured but never arriving (a wrong port, a NetworkPolicy): the backend is not
+    event-fed until a batch arrives, so routing keeps the router's own guess instead of seeing
+    every backend cold."""
+    async with SimFleet(instances=2, per_token_delay=0.001, block_size=BS, model=MODEL) as sim:
+        settings = Settings(block_tokens=BS, kv_events_endpoints={url: "tcp://127.0.0.1:9" for url in sim.urls})
+        router = Router("cost", block_tokens=BS)
+        fleet = Fleet(router, settings)
+        for url in sim.urls:
+            fleet.add(url, models=[MODEL])
+        feed = KVFeed(settings, router, fleet)
+        feed.sync()
+        try:
+            body = json.dumps({"model": MODEL, "prompt": prompt(3), "max_tokens": BS}).encode()
+            first = router.route(body, "completions")
+            router.release(first.ticket, True, 20, 0, BS, 0.01)
+            again = router.route(body, "completions")
+            assert again.backend_id == first.backend_id and again.cached_tokens > 0
+            snap = {b["id"]: b for b in router.snapshot()["backends"]}
+            assert all(b["kv_events"] is None for b in snap.values())
+        finally:
+            await feed.close()

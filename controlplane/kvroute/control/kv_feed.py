@@ -105,9 +105,10 @@ class KVFeed:
                                              s.kv_events_port, s.kv_events_replay_port)
             if endpoint is not None:
                 log.info("kv events of %s from %s (replay %s)", backend.id, endpoint, replay or "none")
-                # Event-fed from now on, unconfirmed until its first batch: an idle engine's view is
-                # empty, not the router's guess.
-                self.router.kv_reset(backend.id)
+                # The backend turns event-fed with its first batch, not now: a publisher that cannot
+                # be reached (a wrong port, a NetworkPolicy) leaves it on the router's own guess
+                # rather than crediting it with nothing. The first request routed to an idle engine
+                # makes its first batch.
                 self.subscriber.add(backend.id, endpoint, replay)
         for gone in subscribed - present:
             self._down.discard(gone)
