@@ -40,10 +40,17 @@ _CORPUS = [
 ]
 
 # Roles as plain text lines: the template needs no extra special tokens, which keeps chat and
-# completion tokenization the same byte-level BPE.
+# completion tokenization the same byte-level BPE. Tools and tool calls are rendered the way real
+# templates do (Qwen2.5, Llama 3.1: each tool spec and each call's arguments through `tojson`), so
+# the KV-event tier checks kvroute's rendering of them against vLLM's; a chat without tools renders
+# exactly as the plain "role: content" lines.
 _CHAT_TEMPLATE = (
+    "{% if tools %}{% for tool in tools %}tool spec: {{ tool | tojson }}\n{% endfor %}{% endif %}"
     "{% for message in messages %}"
-    "{{ message['role'] }}: {{ message['content'] }}\n"
+    "{{ message['role'] }}: {% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message.tool_calls is defined and message.tool_calls %}{% for call in message.tool_calls %}"
+    " call {{ call.function.name }} {{ call.function.arguments | tojson }}"
+    "{% endfor %}{% endif %}\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )

@@ -85,6 +85,11 @@ class VllmServer:
     port: int = field(default_factory=free_port)
     # A port the KV-event consumer has already bound (see kv_events_endpoint); None: no events.
     kv_events_port: int | None = None
+    # A whole --kv-events-config of the caller's (publisher binding its own ports, replay); wins
+    # over kv_events_port.
+    kv_events_config: dict | None = None
+    extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,7 +120,9 @@ class VllmServer:
             "--enable-prefix-caching",
             "--disable-uvicorn-access-log",
         ]
-        if self.kv_events_endpoint is not None:
+        if self.kv_events_config is not None:
+            cmd += ["--kv-events-config", json.dumps(self.kv_events_config)]
+        elif self.kv_events_endpoint is not None:
             kv_events = {
                 "enable_kv_cache_events": True,
                 "publisher": "zmq",
@@ -123,7 +130,7 @@ class VllmServer:
                 "topic": "",
             }
             cmd += ["--kv-events-config", json.dumps(kv_events)]
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self) -> None:
         """Launches the server; does not wait (call wait_ready) so that two can start at once."""
@@ -140,6 +147,7 @@ class VllmServer:
             "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus)),
             # A test's python environment must not leak into vLLM's.
             "VIRTUAL_ENV": str(self.env_dir),
+            **self.extra_env,
         }
         env.pop("PYTHONPATH", None)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
