@@ -22,9 +22,14 @@ class Contender:
     policy: str = ""
     # Extra command-line flags, recorded with the results as the contender's settings.
     flags: tuple[str, ...] = ()
+    # kvroute only: the exact cache view (the fleet's tokenizer and KV events, given at start since
+    # the fleet picks their paths and ports), and the number of routing processes (`--workers`).
+    exact: bool = False
+    workers: int = 1
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "policy": self.policy, "flags": list(self.flags)}
+        return {"name": self.name, "kind": self.kind, "policy": self.policy, "flags": list(self.flags),
+                "exact": self.exact, "workers": self.workers}
 
 
 KVROUTE_POLICIES = ("round_robin", "least_load", "prefix_hash", "cost")
@@ -39,8 +44,28 @@ PEER_FLAGS = {"sglang": ("--log-level", "warn"), "smg": ("--log-level", "warn"),
               "vllm-router": ("--log-level", "warning")}
 
 
-def kvroute(policy: str) -> Contender:
-    return Contender(f"kvroute:{policy}", "kvroute", policy, KVROUTE_FLAGS)
+def kvroute(policy: str, *, exact: bool = False, workers: int = 1) -> Contender:
+    """`kvroute:<policy>[+exact][:w<N>]`: `+exact` routes on the exact cache view (`--tokenizer` with
+    the fleet's model directory, `--kv-events-endpoints` with its publishers), `:wN` runs
+    `serve --workers N`; without them, the byte view and one worker."""
+    name = f"kvroute:{policy}" + ("+exact" if exact else "") + (f":w{workers}" if workers != 1 else "")
+    flags = KVROUTE_FLAGS + (("--workers", str(workers)) if workers != 1 else ())
+    return Contender(name, "kvroute", policy, flags, exact=exact, workers=workers)
+
+
+def parse_kvroute(spec: str) -> Contender:
+    """The part after `kvroute:`, e.g. `cost`, `cost+exact`, `cost:w4`, `cost+exact:w4`."""
+    head, _, tail = spec.partition(":")
+    policy, _, feature = head.partition("+")
+    if policy not in KVROUTE_POLICIES or feature not in ("", "exact"):
+        raise ValueError(f"unknown kvroute contender {spec!r} (<policy>[+exact][:w<N>], policy one of "
+                         f"{', '.join(KVROUTE_POLICIES)})")
+    workers = 1
+    if tail:
+        if not (tail.startswith("w") and tail[1:].isdigit() and int(tail[1:]) >= 1):
+            raise ValueError(f"unknown kvroute contender {spec!r}: after the policy, :w<N> (workers)")
+        workers = int(tail[1:])
+    return kvroute(policy, exact=feature == "exact", workers=workers)
 
 
 def peer(kind: str, policy: str) -> Contender:
@@ -59,10 +84,10 @@ def by_name(name: str) -> Contender:
     if name == "direct":
         return DIRECT
     if kind == "kvroute" and policy:
-        return kvroute(policy)
+        return parse_kvroute(policy)
     if kind in peer_env.PEERS and policy:
         return peer(kind, policy)
-    raise ValueError(f"unknown contender {name!r} (kvroute:<policy>, {', '.join(f'{k}:<policy>' for k in peer_env.PEERS)}, "
+    raise ValueError(f"unknown contender {name!r} (kvroute:<policy>[+exact][:w<N>], {', '.join(f'{k}:<policy>' for k in peer_env.PEERS)}, "
                      "direct)")
 
 
@@ -80,8 +105,24 @@ class Running:
             await self.child.stop()
 
 
-async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path, model: str) -> Running:
-    """Start `contender` in front of `backend_urls`; returns once it proxies a model listing."""
+def exact_view_flags(model: str, fleet_info: dict[str, Any]) -> list[str]:
+    """kvroute's flags for the exact view of a fleet started with a tokenizer and KV events."""
+    tokenizer, endpoints = fleet_info.get("tokenizer"), fleet_info.get("kv_events") or {}
+    if not tokenizer or not endpoints:
+        raise ValueError("the exact view needs a fleet with a tokenizer and KV events (bench.simfleet "
+                         "--tokenizer DIR --kv-events)")
+    argv = ["--tokenizer", f"{model}={tokenizer}"]
+    argv += ["--kv-events-endpoints", ",".join(f"{url}={ep['endpoint']}" for url, ep in endpoints.items())]
+    replay = [f"{url}={ep['replay_endpoint']}" for url, ep in endpoints.items() if ep.get("replay_endpoint")]
+    if replay:
+        argv += ["--kv-events-replay-endpoints", ",".join(replay)]
+    return argv
+
+
+async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path, model: str,
+                fleet_info: dict[str, Any] | None = None) -> Running:
+    """Start `contender` in front of `backend_urls`; returns once it proxies a model listing.
+    `fleet_info` (the sim fleet's first line) is what an exact-view kvroute is pointed at."""
     if contender.kind == "direct":
         # The floor: clients talk to the first backend themselves, no hop in between.
         return Running(contender, backend_urls[0])
@@ -93,6 +134,8 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
                 "--admin-port", str(admin_port), "--policy", contender.policy, *contender.flags]
         for url in backend_urls:
             argv += ["--backend", url]
+        if contender.exact:
+            argv += exact_view_flags(model, fleet_info or {})
         admin_url = f"http://127.0.0.1:{admin_port}"
     elif contender.kind in peer_env.PEERS:
         # Their Prometheus exporters would otherwise take the fixed port 29000.

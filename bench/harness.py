@@ -24,19 +24,29 @@ from bench import procs
 from bench.workloads import PROJECT_ROOT, Workload
 from kvroute import loadgen
 
+WORKER_SNAPSHOT_WAIT_S = 2.5
 COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:prompt_tokens_total",
             "vllm:generation_tokens_total", "vllm:request_success_total")
 
 
 class FleetProc:
-    """`bench.simfleet` as a child process; `reset()` empties every instance's cache between points."""
+    """`bench.simfleet` as a child process; `reset()` empties every instance's cache between points.
+
+    `tokenizer` (a model directory) and `kv_events` give the fleet what kvroute's exact cache view
+    needs; `info["kv_events"]` then maps each URL to its endpoints."""
 
     def __init__(self, instances: int, profile: str, time_scale: float, seed: int, log_dir: Path,
-                 engine: dict[str, int | float] | None = None) -> None:
+                 engine: dict[str, int | float] | None = None, tokenizer: Path | None = None,
+                 kv_events: bool = False) -> None:
         argv = [sys.executable, "-m", "bench.simfleet", "--instances", str(instances), "--profile", profile,
                 "--time-scale", str(time_scale), "--seed", str(seed)]
         for key, value in (engine or {}).items():
             argv += ["--engine", f"{key}={value}"]
+        if tokenizer is not None:
+            argv += ["--tokenizer", str(tokenizer)]
+        if kv_events:
+            argv.append("--kv-events")
+        self.tokenizer = tokenizer
         # `-m bench.simfleet` resolves from the project root, wherever the caller runs.
         self.child = procs.Child("simfleet", argv, log_dir / "simfleet.log", cwd=PROJECT_ROOT)
         self.urls: list[str] = []
@@ -118,10 +128,15 @@ def parse_by_label(text: str, name: str, label: str) -> dict[str, float]:
     return out
 
 
-async def router_decisions(admin_url: str) -> dict[str, float]:
+async def router_metrics(admin_url: str) -> tuple[dict[str, float], dict[str, float]]:
+    """kvroute's decisions by policy branch, and its cache view's account: prompt tokens it
+    predicted cached at routing against those the backends reported cached, summed over backends."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
         async with session.get(admin_url + "/metrics") as resp:
-            return parse_by_label(await resp.text(), "kvroute_decisions_total", "branch")
+            text = await resp.text()
+    view = {key: sum(parse_by_label(text, f"kvroute_{key}_total", "backend").values())
+            for key in ("predicted_cached_tokens", "reported_cached_tokens")}
+    return parse_by_label(text, "kvroute_decisions_total", "branch"), view
 
 
 async def scrape(urls: Sequence[str]) -> list[dict[str, float]]:
@@ -171,6 +186,8 @@ class Point:
     cpu: dict[str, Any] = field(default_factory=dict)
     # The gateway's own account of its choices (kvroute: decisions by policy branch).
     decisions: dict[str, float] = field(default_factory=dict)
+    # kvroute: prompt tokens predicted cached at routing and reported cached by the backends.
+    view: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     def key(self) -> str:
@@ -187,7 +204,7 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
     results: list[loadgen.Result] = []
     await fleet.reset()
     try:
-        running = await contenders_mod.start(contender, fleet.urls, log_dir, fleet.model)
+        running = await contenders_mod.start(contender, fleet.urls, log_dir, fleet.model, fleet.info)
     except Exception as exc:  # a contender that cannot start is a finding, not a crash of the suite
         point.error = f"start failed: {exc}"
         return point, results
@@ -209,8 +226,12 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         cpu1 = (cpu_seconds(gw_pid), cpu_seconds(fleet.pid()), time.process_time())
         after = await scrape(fleet.urls)
         if running.admin_url:
+            if contender.workers > 1:
+                # Worker 0 sums the other workers' counters from snapshots they write once a
+                # poll_interval (1 s by default): wait for every worker's last one.
+                await asyncio.sleep(WORKER_SNAPSHOT_WAIT_S)
             try:
-                point.decisions = await router_decisions(running.admin_url)
+                point.decisions, point.view = await router_metrics(running.admin_url)
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 point.decisions = {"error": str(exc)}  # type: ignore[dict-item]
     finally:

@@ -158,7 +158,7 @@ def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", lev
              f"blocks each), simulated clock ×{fleet['time_scale']:g} unless a section says otherwise; every number "
              f"below is in the fleet's time (wall seconds × the scale)" if fleet.get("kind", "sim") == "sim" else
              f"- fleet: {fleet['instances']} × {fleet['profile']} (real time)"),
-            f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
             f"- repeats per point: {meta['repeats']} (cells: mean ±half-range)", ""]
     if meta["suite"] != "standard":
         out += ["This suite checks that the instrument works; its points are too small for the verdicts "
@@ -186,7 +186,7 @@ def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", lev
                 out.append(f"| {x:g} | " + " | ".join(cells) + " |")
             out.append("")
         mine = [p for p in data["points"] if p["workload"] == workload and p["mode"] == mode and not p.get("error")]
-        out += _conditions(mine) + _decisions(mine, names)
+        out += _conditions(mine) + _decisions(mine, names) + _view(mine, names)
         errors = [(x, n, row[n]["errors"].mean) for x, row in sorted(table.items()) for n in names
                   if n in row and row[n]["errors"].ok and row[n]["errors"].mean > 0]
         failed = [(p["x"], p["contender"], p["error"]) for p in data["points"]
@@ -225,6 +225,24 @@ def _decisions(points: list[dict[str, Any]], names: list[str]) -> list[str]:
             shares = ", ".join(f"{b} {c / n * 100:.0f}%" for b, c in sorted(total.items(), key=lambda kv: -kv[1]))
             rows.append(f"- {name}: {shares}")
     return (["kvroute decisions by policy branch (all points of this section):", ""] + rows + [""]) if rows else []
+
+
+def _view(points: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """How right kvroute's cache view was: prompt tokens it predicted cached at routing against those
+    the backends reported cached (usage.prompt_tokens_details), summed over the section's points."""
+    rows = []
+    for name in names:
+        views = [p.get("view") or {} for p in points if p["contender"] == name]
+        predicted = sum(v.get("predicted_cached_tokens", 0) for v in views)
+        reported = sum(v.get("reported_cached_tokens", 0) for v in views)
+        if reported or predicted:
+            rows.append(f"| {name} | {predicted:,.0f} | {reported:,.0f} | "
+                        f"{predicted / reported * 100 if reported else float('nan'):.1f}% |")
+    if not rows:
+        return []
+    return (["kvroute's cache view (all points of this section): cached prompt tokens predicted at routing "
+             "against those the backends reported", "", "| contender | predicted | reported | predicted/reported |",
+             "|---|---:|---:|---:|"] + rows + [""])
 
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:

@@ -9,7 +9,6 @@ the repeat, so that slow drift of the machine does not favour one of them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import contenders as contenders_mod
-from bench import report, workloads
+from bench import report, sim_tokenizer, workloads
 from bench.harness import FleetProc, Point, run_point
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,6 +114,12 @@ SUITES: dict[str, Suite] = {
 }
 
 
+def exact_fleet(suite: Suite) -> bool:
+    """The sim fleet tokenizes with the shared model directory and publishes KV events when a
+    contender routes on the exact view; every contender of the run then meets that same fleet."""
+    return suite.fleet == "sim" and any(contenders_mod.by_name(n).exact for n in suite.contenders)
+
+
 def make_fleet(suite: Suite, scale: float, logs: Path) -> Any:
     if suite.fleet == "vllm":
         from bench.vllmfleet import VllmFleet
@@ -122,7 +127,9 @@ def make_fleet(suite: Suite, scale: float, logs: Path) -> Any:
         if scale != 1.0:
             raise ValueError("a real vLLM fleet runs in real time (time scale 1)")
         return VllmFleet(suite.instances, logs)
-    return FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine)
+    exact = exact_fleet(suite)
+    return FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine,
+                     tokenizer=sim_tokenizer.ensure() if exact else None, kv_events=exact)
 
 
 def build_workload(sweep: Sweep, model: str, x: float, seed: int) -> workloads.Workload:
@@ -178,6 +185,8 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                       "profile": suite.profile if suite.fleet == "sim" else fleet.info.get("profile", {}).get("name"),
                       "time_scale": suite.time_scale,
                       "engine_overrides": suite.engine, "kv_blocks": fleet.info.get("kv_blocks"),
+                      # A model directory (bench/sim_tokenizer.py) and KV events, for the exact view.
+                      "tokenizer": fleet.info.get("tokenizer"), "kv_events": bool(fleet.info.get("kv_events")),
                       "profile_numbers": fleet.info.get("profile")},
             "contenders": [contenders_mod.by_name(n).describe() for n in suite.contenders],
             "sweeps": [dataclasses.asdict(s) for s in suite.sweeps],

@@ -6,8 +6,15 @@ control channel: the line `reset` empties every instance's KV cache and counters
 vLLM would be, but without closing sockets, so gateways keep their connections and health state),
 and the process answers `ok`. End of stdin stops it.
 
+With `--kv-events` every instance publishes vLLM-format KV events on a port of its own (and serves
+replay on another); a reset then ends each instance's event stream as a restarted vLLM's would: the
+old publisher's last batch is AllBlocksCleared (a router that lives across the reset empties its
+view at once), then the publisher restarts, numbering from 0 with an empty replay buffer (so a
+router started for the next point does not replay the previous points' batches). `--tokenizer DIR`
+makes the fleet tokenize with that model directory (bench/sim_tokenizer.py builds the bench's).
+
     python -m bench.simfleet --instances 4 --profile qwen2.5-1.5b-l4 --time-scale 2 --seed 0
-    -> first stdout line: {"urls": [...], "profile": {...}}
+    -> first stdout line: {"urls": [...], "profile": {...}, "kv_events": {url: {"endpoint", "replay_endpoint"}}}
 """
 
 from __future__ import annotations
@@ -20,9 +27,29 @@ import sys
 from typing import Any, Sequence
 
 
-def _reset(fleet: Any) -> None:
+# Time for the old publisher's I/O thread to deliver AllBlocksCleared before its socket closes, and
+# for subscribers to reconnect to the restarted one (ZMQ retries every 100 ms) before the next point:
+# a batch published before a SUB socket has rejoined is lost to it until the next batch shows the
+# gap (then replayed), so without the wait a point's first blocks could reach the view late.
+CLEAR_GRACE_S = 0.2
+REJOIN_GRACE_S = 0.3
+
+
+async def _reset(fleet: Any) -> None:
+    publishers = [i.kv_events for i in fleet.instances if i.kv_events is not None]
     for instance in fleet.instances:
-        instance.engine.reset()
+        engine = instance.engine
+        engine.reset()
+        # The cache is empty and nothing runs, so vLLM's reset_prefix_cache succeeds: it queues
+        # AllBlocksCleared, sent now (outside a step, as the sim's /reset_prefix_cache does).
+        if engine.kv_publisher is not None and engine.kv.reset_prefix_cache():
+            engine.flush_kv_events()
+    if publishers:
+        await asyncio.sleep(CLEAR_GRACE_S)
+        for publisher in publishers:
+            await publisher.stop()
+            await publisher.start()  # same ports, sequence from 0
+        await asyncio.sleep(REJOIN_GRACE_S)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -33,16 +60,19 @@ async def _serve(args: argparse.Namespace) -> None:
                  for key, _, value in (item.partition("=") for item in args.engine)}
     profile = load_profile(args.profile, **overrides)
     async with SimFleet(instances=args.instances, base_port=0, profile=profile,
-                        time_scale=args.time_scale, seed=args.seed) as fleet:
+                        time_scale=args.time_scale, seed=args.seed, tokenizer=args.tokenizer,
+                        kv_events_port=0 if args.kv_events else None) as fleet:
         print(json.dumps({"urls": list(fleet.urls), "profile": dataclasses.asdict(profile),
-                          "kv_blocks": profile.kv_blocks()}), flush=True)
+                          "kv_blocks": profile.kv_blocks(), "tokenizer": args.tokenizer,
+                          "kv_events": {url: {"endpoint": ep, "replay_endpoint": rep}
+                                        for url, (ep, rep) in fleet.kv_events_endpoints.items()}}), flush=True)
         loop = asyncio.get_running_loop()
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:
                 return
             if line.strip() == "reset":
-                _reset(fleet)
+                await _reset(fleet)
                 print("ok", flush=True)
 
 
@@ -54,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
                         help="profile override, e.g. num_gpu_blocks=2048 (repeatable)")
+    parser.add_argument("--tokenizer", help="model directory the instances tokenize with (default: the built-in one)")
+    parser.add_argument("--kv-events", action="store_true",
+                        help="publish vLLM-format KV events, every instance on free ports (listed on the first line)")
     args = parser.parse_args(argv)
     try:
         import uvloop
