@@ -7,6 +7,7 @@ time slice) with the load generator.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,10 +155,28 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
         ready_url, ready_text = base_url + "/v1/models", model
     try:
         await procs.wait_http(ready_url, child, timeout_s=60.0, body_contains=ready_text)
+        if contender.kind == "kvroute" and contender.workers > 1:
+            await _all_workers_up(child, contender.workers)
     except BaseException:
         await child.stop()
         raise
     return Running(contender, base_url, child, argv, admin_url)
+
+
+async def _all_workers_up(child: procs.Child, workers: int, timeout_s: float = 60.0) -> None:
+    """The model listing answered through one worker; the others may still be starting (loading a
+    tokenizer takes a second each), which would put their start-up CPU inside the point and leave
+    their share of the first requests to the ready ones. Every worker but 0 writes its snapshot
+    file once it serves (docs/operations.md, "With workers > 1")."""
+    from kvroute.workers import run_file
+
+    assert child.proc is not None
+    prefix = run_file("worker", child.proc.pid)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(list(prefix.parent.glob(f"{prefix.name}-*-metrics.json"))) < workers - 1:
+        if child.proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"{child.name}: not every one of {workers} workers started\n{child.log_tail()}")
+        await asyncio.sleep(0.1)
 
 
 def versions() -> dict[str, str]:

@@ -111,5 +111,15 @@ async def test_reset_empties_the_view_of_a_router_living_across_it(model_dir: Pa
                 assert int(headers["x-kvroute-cached-tokens"]) == answer["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
         finally:
             await running.stop()
+        # With workers, start() returns once every worker serves; each keys by tokens.
+        workers = await contenders.start(contenders.by_name("kvroute:cost+exact:w2"), fleet.urls, tmp_path,
+                                         fleet.model, fleet.info)
+        try:
+            assert "--workers" in workers.argv and "--kv-events-replay-endpoints" in workers.argv
+            async with aiohttp.ClientSession() as session:
+                _, answer = await _chat(session, workers.base_url, body)
+                assert answer["usage"]["prompt_tokens"] == len(sim_ids)
+        finally:
+            await workers.stop()
     finally:
         await fleet.stop()
