@@ -128,7 +128,6 @@ impl KvView {
         self.stats.batches += 1;
         self.confirmed = true;
         let mut buf = Vec::new();
-        let mut keys = Vec::new();
         for ev in events {
             match ev {
                 KvEvent::Stored { hashes, parent, tokens, block_size, lora_name, gpu } => {
@@ -151,16 +150,30 @@ impl KvView {
                         },
                     };
                     let mut parent_hash = *parent;
-                    keys.clear();
-                    for (h, ids) in hashes.iter().zip(tokens.chunks_exact(*block_size as usize)) {
+                    for (i, (h, ids)) in hashes.iter().zip(tokens.chunks_exact(*block_size as usize)).enumerate() {
                         let key = token_block_key(ids, parent_key, &mut buf);
-                        self.store(*h, key, parent_hash);
-                        keys.push(key);
+                        match self.blocks.get(h) {
+                            Some(old) if old.key == key => {} // stored again (a re-sent event): already held
+                            Some(_) => {
+                                // The engine hash now names other tokens (a collision, or a run that
+                                // names its own ancestor): the old block and the descendants keyed
+                                // under it go first. If the parent went with them (a cycle), the
+                                // rest of the run has no known prefix.
+                                self.drop_subtree(slot, index, *h);
+                                if parent_hash.is_some_and(|p| !self.blocks.contains_key(&p)) {
+                                    self.stats.orphans += (hashes.len() - i) as u64;
+                                    break;
+                                }
+                                self.store(*h, key, parent_hash);
+                            }
+                            None => self.store(*h, key, parent_hash),
+                        }
+                        // Parent before child: the index stays prefix-closed at every step.
+                        index.insert(slot, &[key]);
+                        self.stats.stored += 1;
                         parent_key = key;
                         parent_hash = Some(*h);
                     }
-                    self.stats.stored += hashes.len() as u64;
-                    index.insert(slot, &keys);
                 }
                 KvEvent::Removed { hashes, gpu } => {
                     if !gpu {
@@ -181,20 +194,13 @@ impl KvView {
         }
     }
 
+    /// A new block under a held parent (or a root); the caller dropped any block of that hash.
     fn store(&mut self, hash: u64, key: u64, parent: Option<u64>) {
-        if let Some(old) = self.blocks.get(&hash) {
-            if old.key == key {
-                return; // stored again (a re-sent event): already held
-            }
-        }
         if let Some(p) = parent.and_then(|p| self.blocks.get_mut(&p)) {
             p.children += 1;
         }
-        if let Some(old) = self.blocks.insert(hash, EngineBlock { key, parent, children: 0 }) {
-            // The same engine hash for different tokens (a collision in the engine's hash): the
-            // newer block wins, the old one's key goes.
-            self.release_key(old.key);
-        }
+        let old = self.blocks.insert(hash, EngineBlock { key, parent, children: 0 });
+        debug_assert!(old.is_none());
         *self.keys.entry(key).or_default() += 1;
     }
 
@@ -213,11 +219,18 @@ impl KvView {
     }
 
     fn remove(&mut self, slot: u32, index: &mut PrefixIndex, hash: u64) {
-        let Some(b) = self.blocks.get(&hash).copied() else {
+        if self.blocks.contains_key(&hash) {
+            self.stats.removed += 1;
+            self.drop_subtree(slot, index, hash);
+        } else {
             self.stats.unknown_removals += 1;
-            return;
-        };
-        self.stats.removed += 1;
+        }
+    }
+
+    /// Drop a held block and its descendants. Terminates: a block is stored only under a held
+    /// parent and replaced only after its subtree went, so parent links never form a cycle.
+    fn drop_subtree(&mut self, slot: u32, index: &mut PrefixIndex, hash: u64) {
+        let Some(b) = self.blocks.get(&hash).copied() else { return };
         let mut doomed = vec![hash];
         if b.children > 0 {
             // Rare (engines evict leaves first): find the subtree with one pass over the view.

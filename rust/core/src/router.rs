@@ -49,7 +49,8 @@ struct Ticket {
     work_ahead: u64,
     ttft_s: Option<f64>,
     blocks: Vec<u64>,
-    /// The backend's index version right after this ticket's chain was inserted.
+    /// The backend's index version right after this ticket's chain was inserted (a guess), or the
+    /// slot's claim epoch when it claimed (`claimed`).
     index_version: u64,
     /// The chain is a speculative claim on an event-fed backend (`router/kv.rs`), ended at release.
     claimed: bool,
@@ -240,8 +241,14 @@ impl Router {
     /// The backend restarted: its KV cache is empty. Learned rates survive (same hardware).
     pub fn reset_backend(&mut self, id: &str) -> Result<()> {
         let slot = self.slot_of(id)?;
+        // Event-fed: the engine's blocks are gone, and so are the requests running there; the view
+        // must go too, or a later block stored on top of one of its blocks would enter the
+        // confirmed index without its parent.
+        if let Some(Some(es)) = self.events.get_mut(slot as usize) {
+            es.view.clear(slot, &mut self.confirmed);
+            es.end_claims();
+        }
         self.index.clear(slot);
-        self.confirmed.clear(slot);
         Ok(())
     }
 
@@ -357,9 +364,10 @@ impl Router {
         let live = self.slots[t.slot as usize].gen == t.gen;
         if t.claimed {
             if live {
-                self.unclaim(t.slot, &t.blocks);
+                self.unclaim(t.slot, &t.blocks, t.index_version);
             }
-        } else if refresh && self.index.version(t.slot) != t.index_version {
+        } else if refresh && !self.is_event_fed(t.slot) && self.index.version(t.slot) != t.index_version {
+            // (Routed before the backend's events started: its slot now holds claims only.)
             // The engine just used these blocks: they are its most recently used. If nothing touched
             // this backend's index since the route inserted them, they already are (skip the work).
             self.index.insert(t.slot, &t.blocks);

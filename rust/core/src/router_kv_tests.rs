@@ -99,3 +99,73 @@ fn reset_forgets_the_engines_blocks_and_unconfirms() {
     assert!(r.kv_engine_hashes("b9").unwrap().is_empty());
     assert_eq!(route_tokens(&mut r, &ids).cached_tokens, 0);
 }
+
+/// One block stored on top of the engine block `parent`.
+fn stored_on(ids: &[u32], hash: u64, parent: u64) -> KvEvent {
+    KvEvent::Stored { hashes: vec![hash], parent: Some(parent), tokens: ids.to_vec(), block_size: BS as u32, lora_name: None, gpu: true }
+}
+
+#[test]
+fn a_restarted_engine_keeps_no_blocks_a_later_store_could_build_on() {
+    // reset_backend used to clear the confirmed index but keep the view's blocks: a block stored
+    // later on top of one of them entered the index without its parent (not prefix-closed).
+    let mut r = router(2);
+    let ids = prompt(4, 3 * BS);
+    r.kv_apply("b1", "m", &[stored(&ids[..2 * BS], 1)]).unwrap();
+    r.reset_backend("b1").unwrap();
+    assert!(r.kv_engine_hashes("b1").unwrap().is_empty());
+    r.kv_apply("b1", "m", &[stored_on(&ids[2 * BS..], 3, 2)]).unwrap();
+    assert!(r.kv_engine_hashes("b1").unwrap().is_empty());
+    let snap = format!("{:?}", r.snapshot());
+    assert!(snap.contains("(\"orphans\", Int(1))") && snap.contains("(\"confirmed_blocks\", Int(0))"), "{snap}");
+}
+
+#[test]
+fn a_request_routed_before_the_events_started_leaves_no_claim_behind() {
+    // Its release used to re-insert its chain into the slot, which then holds claims only: a
+    // speculative entry no ticket would ever end.
+    let mut r = router(1);
+    let ids = prompt(5, 4 * BS + 1);
+    let d = route_tokens(&mut r, &ids);
+    r.kv_reset("b0").unwrap();
+    r.release(d.ticket, true, ids.len() as u64, 0, 4, 0.1).unwrap();
+    assert_eq!(route_tokens(&mut r, &ids).cached_tokens, 0);
+}
+
+#[test]
+fn a_run_naming_its_own_ancestor_neither_hangs_nor_leaves_stale_keys() {
+    let mut r = router(1);
+    let ids = prompt(6, 3 * BS + 1);
+    r.kv_apply("b0", "m", &[stored(&ids[..2 * BS], 1)]).unwrap();
+    // Hash 1 again, now for the third block on top of block 2 (its own descendant): the old
+    // block 1 and its subtree go, and the run has no parent left.
+    r.kv_apply("b0", "m", &[stored_on(&ids[2 * BS..3 * BS], 1, 2)]).unwrap();
+    assert!(r.kv_engine_hashes("b0").unwrap().is_empty());
+    r.kv_apply("b0", "m", &[KvEvent::Removed { hashes: vec![1], gpu: true }]).unwrap();
+    let routed = |r: &mut Router, ids: &[u32]| {
+        let d = route_tokens(r, ids);
+        r.release(d.ticket, false, 0, 0, 0, 0.0).unwrap();
+        d.cached_tokens
+    };
+    assert_eq!(routed(&mut r, &ids), 0);
+    // A hash reused for other tokens in one run: the newer block wins, the old key goes.
+    let other = prompt(7, 2 * BS + 1);
+    r.kv_apply("b0", "m", &[stored(&ids[..BS], 10), stored(&other[..BS], 10)]).unwrap();
+    assert_eq!(r.kv_engine_hashes("b0").unwrap(), vec![10]);
+    assert_eq!(routed(&mut r, &ids), 0);
+    assert_eq!(routed(&mut r, &other), BS as u64);
+}
+
+#[test]
+fn claims_dropped_by_a_restart_are_not_ended_twice() {
+    let mut r = router(1);
+    r.kv_reset("b0").unwrap();
+    let ids = prompt(8, 4 * BS + 1);
+    let before = route_tokens(&mut r, &ids);
+    r.reset_backend("b0").unwrap();
+    let after = route_tokens(&mut r, &ids);
+    assert_eq!(after.cached_tokens, 0);
+    // The request from before the restart ends: the one after it still holds its claim.
+    r.release(before.ticket, false, 0, 0, 0, 0.0).unwrap();
+    assert_eq!(route_tokens(&mut r, &ids).cached_tokens, 4 * BS as u64);
+}

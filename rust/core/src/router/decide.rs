@@ -225,8 +225,7 @@ impl Router {
         let backend_id = b.id.clone();
         let claimed = self.is_event_fed(c.slot);
         let index_version = if claimed {
-            self.claim(c.slot, &req.blocks);
-            0
+            self.claim(c.slot, &req.blocks)
         } else {
             self.index.insert(c.slot, &req.blocks)
         };

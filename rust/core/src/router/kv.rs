@@ -23,6 +23,17 @@ pub(super) struct EventSlot {
     pub(super) view: KvView,
     /// Key -> in-flight tickets on this backend whose chain holds it.
     claims: U64Map<u32>,
+    /// Bumped when the claims are dropped before their tickets end (the engine restarted): a
+    /// ticket of an older epoch has nothing left to unclaim.
+    claim_epoch: u64,
+}
+
+impl EventSlot {
+    /// The caller clears the slot's claims from `Router::index`.
+    pub(super) fn end_claims(&mut self) {
+        self.claims.clear();
+        self.claim_epoch += 1;
+    }
 }
 
 impl Router {
@@ -75,17 +86,22 @@ impl Router {
         matches!(self.events.get(slot as usize), Some(Some(_)))
     }
 
-    /// A request routed to an event-fed backend claims its chain until it is released.
-    pub(super) fn claim(&mut self, slot: u32, blocks: &[u64]) {
-        let Some(Some(es)) = self.events.get_mut(slot as usize) else { return };
+    /// A request routed to an event-fed backend claims its chain until it is released. Returns the
+    /// claim epoch, for `unclaim`.
+    pub(super) fn claim(&mut self, slot: u32, blocks: &[u64]) -> u64 {
+        let Some(Some(es)) = self.events.get_mut(slot as usize) else { return 0 };
         for &b in blocks {
             *es.claims.entry(b).or_default() += 1;
         }
         self.index.insert(slot, blocks);
+        es.claim_epoch
     }
 
-    pub(super) fn unclaim(&mut self, slot: u32, blocks: &[u64]) {
+    pub(super) fn unclaim(&mut self, slot: u32, blocks: &[u64], epoch: u64) {
         let Some(Some(es)) = self.events.get_mut(slot as usize) else { return };
+        if es.claim_epoch != epoch {
+            return;
+        }
         // Leaf first: the speculative set stays prefix-closed at every step.
         for &b in blocks.iter().rev() {
             if let Some(n) = es.claims.get_mut(&b) {
