@@ -10,6 +10,10 @@ is plain: one OrderedDict per backend and a membership walk per backend. Where t
 bytes, this builds the whole canonical stream. The arithmetic of the cost model is written in the
 same order as in rust/core/src/scorer.rs and router/pick.rs so floating point agrees exactly.
 
+Backends fed by KV events (kv_apply / kv_reset / kv_engine_hashes) keep the engine's blocks in a
+`KvView` (a dict of engine blocks, descendants found by walking parents) and their in-flight
+claims in the same OrderedDict a guess would use; see rust/core/src/kvview.rs and router/kv.rs.
+
 Needs the `xxhash` package (dev extra) for xxh3, the core's block hash.
 """
 
@@ -118,6 +122,19 @@ def chain_hashes(data: bytes, block: int, root: int) -> list[int]:
     out, parent = [], root
     for i in range(0, len(data) - block + 1, block):
         parent = xxh3(data[i : i + block], parent)
+        out.append(parent)
+    return out
+
+
+def token_block_key(ids: Sequence[int], parent: int) -> int:
+    """One block's key in token space: its ids (u32 little-endian) hashed with its parent's key as seed."""
+    return xxh3(b"".join(t.to_bytes(4, "little") for t in ids), parent)
+
+
+def token_chain(ids: Sequence[int], block: int, root: int) -> list[int]:
+    out, parent = [], root
+    for i in range(0, len(ids) - block + 1, block):
+        parent = token_block_key(ids[i : i + block], parent)
         out.append(parent)
     return out
 
@@ -271,7 +288,7 @@ def parse(body: bytes, endpoint: str, block_tokens: int = 16, bytes_per_token: f
             prompt_tokens = tokens_for_bytes(len(data), bytes_per_token)
         elif isinstance(p, list) and all(_is_u64(t) and t < 2**32 for t in p):
             data = b"".join(t.to_bytes(4, "little") for t in p)
-            blocks = chain_hashes(data, block_tokens * 4, root)
+            blocks = token_chain(p, block_tokens, root)
             prompt_tokens = len(p)
         else:
             raise _bad("prompt", "`prompt` must be a string, a token list, or a list of either")
@@ -327,6 +344,129 @@ def mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+# ---------------------------------------------------------------- the exact cache view (KV events)
+
+KV_STATS = ("batches", "stored", "removed", "cleared", "resets", "orphans", "unknown_removals",
+            "block_size_mismatch", "other_medium")  # fmt: skip
+
+
+def engine_hash(h: int | bytes) -> int:
+    """vLLM's int block hash, or a sha256 one (bytes) folded to an int as the core does."""
+    return xxh3(h) if isinstance(h, bytes) else h
+
+
+def is_gpu_medium(medium: str | None) -> bool:
+    return medium is None or medium.encode().lower() == b"gpu"  # ASCII case only, like Rust
+
+
+@dataclass
+class EngineBlock:
+    key: int  # ours: token_block_key along the parent chain
+    parent: int | None  # the engine's hash of its parent
+
+
+class KvView:
+    """One engine's cache as its events say (rust/core/src/kvview.rs), as a plain dict of blocks.
+
+    Invariant: every block's parent is in `blocks` (a block is added only on a held parent, and a
+    block goes with its whole subtree), so the keys form a prefix-closed set.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, EngineBlock] = {}
+        self.confirmed = False
+        self.stats = dict.fromkeys(KV_STATS, 0)
+
+    def keys(self) -> set[int]:
+        return {b.key for b in self.blocks.values()}
+
+    def matched_blocks(self, chain: list[int]) -> int:
+        keys, n = self.keys(), 0
+        while n < len(chain) and chain[n] in keys:
+            n += 1
+        return n
+
+    def reset(self) -> None:
+        self.blocks.clear()
+        self.confirmed = False
+        self.stats["resets"] += 1
+
+    def subtree(self, h: int) -> list[int]:
+        """`h` and every block whose parent chain passes through it."""
+
+        def under(x: int | None) -> bool:
+            while x is not None:
+                if x == h:
+                    return True
+                x = self.blocks[x].parent
+            return False
+
+        return [x for x in self.blocks if under(x)]
+
+    def drop_subtree(self, h: int) -> None:
+        for x in self.subtree(h):
+            del self.blocks[x]
+
+    def apply(self, model: str, block_tokens: int, events: list[tuple[Any, ...]], bound: int) -> None:
+        st = self.stats
+        st["batches"] += 1
+        self.confirmed = True
+        for ev in events:
+            if ev[0] == "stored":
+                _, raw_hashes, raw_parent, tokens, size, lora_name, medium = ev
+                hashes = [engine_hash(h) for h in raw_hashes]
+                parent = None if raw_parent is None else engine_hash(raw_parent)
+                if not is_gpu_medium(medium):
+                    st["other_medium"] += len(hashes)
+                    continue
+                if size != block_tokens or len(tokens) != len(hashes) * size:
+                    st["block_size_mismatch"] += 1
+                    continue
+                if parent is None:
+                    key = chain_root(lora_name if lora_name is not None else model)
+                elif parent in self.blocks:
+                    key = self.blocks[parent].key
+                else:  # events were lost before this run: its prefix is unknown
+                    st["orphans"] += len(hashes)
+                    continue
+                for i, h in enumerate(hashes):
+                    key = token_block_key(tokens[i * size : (i + 1) * size], key)
+                    old = self.blocks.get(h)
+                    if old is None or old.key != key:
+                        if old is not None:  # the hash now names other tokens: the old subtree goes
+                            self.drop_subtree(h)
+                            if parent is not None and parent not in self.blocks:
+                                st["orphans"] += len(hashes) - i
+                                break
+                        self.blocks[h] = EngineBlock(key, parent)
+                    st["stored"] += 1
+                    parent = h
+            elif ev[0] == "removed":
+                _, raw_hashes, medium = ev
+                if not is_gpu_medium(medium):
+                    continue
+                for h in map(engine_hash, raw_hashes):
+                    if h in self.blocks:
+                        st["removed"] += 1
+                        self.drop_subtree(h)
+                    else:
+                        st["unknown_removals"] += 1
+            else:
+                st["cleared"] += 1
+                self.blocks.clear()
+        if len(self.blocks) > bound:  # more than the engine can hold: removals were lost
+            self.reset()
+
+
+@dataclass
+class EventState:
+    """An event-fed backend: the engine's view, and the claims of its in-flight tickets."""
+
+    view: KvView = field(default_factory=KvView)
+    claims: dict[int, int] = field(default_factory=dict)  # key -> in-flight tickets whose chain holds it
+    claim_epoch: int = 0  # bumped when a restart drops the claims before their tickets end
+
+
 # ---------------------------------------------------------------- state
 
 
@@ -358,8 +498,10 @@ class Backend:
     latency_ewma: float = PRIOR_LATENCY_S
     overhead_s: float = PRIOR_OVERHEAD_S
     mean_uncached: float = PRIOR_MEAN_UNCACHED
-    index: OrderedDict[int, None] = field(default_factory=OrderedDict)  # most recent last
+    # The router's guess, or, once the backend is event-fed, only its in-flight claims. Most recent last.
+    index: OrderedDict[int, None] = field(default_factory=OrderedDict)
     capacity: int = DEFAULT_CAPACITY_BLOCKS
+    events: EventState | None = None
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -381,6 +523,14 @@ class Backend:
             n += 1
         return n
 
+    def cached_blocks(self, blocks: list[int]) -> int:
+        """An event-fed backend is credited with the longer of its confirmed and speculative matches."""
+        n = self.matched_blocks(blocks)
+        return n if self.events is None else max(n, self.events.view.matched_blocks(blocks))
+
+    def held_blocks(self) -> int:
+        return len(self.index) if self.events is None else len(self.events.view.keys())
+
     def insert(self, blocks: list[int]) -> None:
         for b in reversed(blocks):
             self.index[b] = None
@@ -400,6 +550,7 @@ class Ticket:
     blocks: list[int]
     pending: bool = True
     ttft_s: float | None = None
+    claim_epoch: int | None = None  # the chain is a claim on an event-fed backend (None: a guess)
 
 
 @dataclass
@@ -553,7 +704,36 @@ class Router:
             raise UnknownBackend(f"unknown backend {backend_id!r}") from None
 
     def reset_backend(self, backend_id: str) -> None:
-        self._backend(backend_id).index.clear()
+        b = self._backend(backend_id)
+        if b.events is not None:  # its engine's blocks and running requests are gone
+            b.events.view.blocks.clear()
+            b.events.claims.clear()
+            b.events.claim_epoch += 1
+        b.index.clear()
+
+    # -- KV events
+
+    def _event_state(self, b: Backend) -> EventState:
+        if b.events is None:
+            b.index.clear()  # guesses made before the events started are not the engine's word
+            b.events = EventState()
+        return b.events
+
+    def kv_apply(self, backend_id: str, model: str, events: Any) -> None:
+        b = self._backend(backend_id)
+        bound = max(b.capacity * 4, DEFAULT_CAPACITY_BLOCKS)
+        self._event_state(b).view.apply(model, self.block_tokens, list(events), bound)
+
+    def kv_reset(self, backend_id: str) -> None:
+        b = self._backend(backend_id)
+        if b.events is not None:
+            b.events.view.reset()
+        else:
+            self._event_state(b)
+
+    def kv_engine_hashes(self, backend_id: str) -> list[int]:
+        b = self._backend(backend_id)
+        return sorted(b.events.view.blocks) if b.events is not None else []
 
     def remove_backend(self, backend_id: str) -> None:
         self._backend(backend_id)
@@ -660,12 +840,12 @@ class Router:
 
     def _score(self, req: ParsedRequest, cands: list[_Cand]) -> int:
         for c in cands:
-            n = c.b.matched_blocks(req.blocks)
+            n = c.b.cached_blocks(req.blocks)
             # vLLM computes the prompt's last token (its logits) even on a full hit: see decide.rs.
             c.cached_tokens = min(n, max(req.prompt_tokens - 1, 0) // self.block_tokens) * self.block_tokens
         best_cached = max(c.cached_tokens for c in cands)
         cost = self._weighs("cost")
-        least_held = min(len(c.b.index) for c in cands) if cost and best_cached == 0 else 0
+        least_held = min(c.b.held_blocks() for c in cands) if cost and best_cached == 0 else 0
         for c in cands:
             uncached = req.prompt_tokens - c.cached_tokens
             c.ttft = c.raw["ttft"] = self.predict(c.b, uncached)
@@ -675,7 +855,7 @@ class Router:
                 if best_cached > 0:
                     placement = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
                 else:  # a prompt nobody holds goes where the least is held
-                    excess = (len(c.b.index) - least_held) * self.block_tokens
+                    excess = (c.b.held_blocks() - least_held) * self.block_tokens
                     placement = self.w["content_weight"] * (float(excess) / rate)
                 c.raw["cost"] = c.ttft + externality + placement
             if self._weighs("prefix"):
@@ -747,8 +927,13 @@ class Router:
         b.in_flight += 1
         b.pending += 1
         b.pending_tokens += uncached
+        claim_epoch = None
+        if b.events is not None:
+            for k in req.blocks:
+                b.events.claims[k] = b.events.claims.get(k, 0) + 1
+            claim_epoch = b.events.claim_epoch
         b.insert(req.blocks)
-        self.tickets[ticket] = Ticket(b, uncached, work_ahead, req.blocks)
+        self.tickets[ticket] = Ticket(b, uncached, work_ahead, req.blocks, claim_epoch=claim_epoch)
         return RefRouted(ticket, b.id, branch, req.model, req.stream, req.max_tokens, req.prompt_tokens,
                          c.cached_tokens, c.ttft)  # fmt: skip
 
@@ -885,8 +1070,23 @@ class Router:
                 if prompt_tokens > 0:
                     uncached = prompt_tokens - min(cached_tokens, prompt_tokens)
                     b.mean_uncached = ewma(b.mean_uncached, float(uncached), alpha)
-                b.insert(t.blocks)
+                if t.claim_epoch is None and b.events is None:  # the engine just used them: most recent
+                    b.insert(t.blocks)
+            if t.claim_epoch is not None:
+                self._unclaim(b, t)
         return self.wakeable(1)
+
+    @staticmethod
+    def _unclaim(b: Backend, t: Ticket) -> None:
+        es = b.events
+        if es is None or es.claim_epoch != t.claim_epoch:
+            return
+        for k in reversed(t.blocks):
+            if k in es.claims:
+                es.claims[k] -= 1
+                if es.claims[k] == 0:
+                    del es.claims[k]
+                    b.index.pop(k, None)
 
     def wakeable(self, limit: int) -> list[int]:
         out: list[int] = []
@@ -911,7 +1111,16 @@ class Router:
             "tiers": {t: dict(s) for t, s in self.tier_stats.items()},
             "in_flight": len(self.tickets),
             "backends": [
-                {"id": b.id, "in_flight": b.in_flight, "pending": b.pending, "index_blocks": len(b.index)}
+                {"id": b.id, "in_flight": b.in_flight, "pending": b.pending, "index_blocks": len(b.index),
+                 "kv_events": self._kv_events_snap(b)}
                 for b in self.backends.values()
             ],
-        }
+        }  # fmt: skip
+
+    @staticmethod
+    def _kv_events_snap(b: Backend) -> dict[str, Any] | None:
+        if b.events is None:
+            return None
+        v = b.events.view
+        return {"confirmed": v.confirmed, "confirmed_blocks": len(v.keys()), "speculative_blocks": len(b.events.claims),
+                "engine_blocks": len(v.blocks), **v.stats}  # fmt: skip
