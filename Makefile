@@ -51,7 +51,7 @@ FUZZ_SECONDS ?= 300
 FUZZ_SMOKE_SECONDS ?= 8
 fuzz: venv
 	bash rust/fuzz/run.sh $(FUZZ_SECONDS) --merge
-	KVROUTE_FUZZ=long $(BIN)/python -m pytest tests/fuzz -q
+	KVROUTE_FUZZ=long $(BIN)/python -m pytest tests/fuzz tests/core/test_kv_view_differential.py -q
 
 # 30 minutes of steady mixed load with backend restarts and admin changes; RSS, fds, threads and
 # tasks sampled each minute (bench/soak.py). make test runs a 24-second slice (tests/bench/test_soak.py).
