@@ -136,10 +136,32 @@ def targets(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]])
                         misses.append(f"  - {workload}, {_axis(mode)} {x:g}, {title}: cost "
                                       f"{row[COST][metric].text(scale)} {unit} vs {other} "
                                       f"{cells[metric].text(scale)} {unit}")
+    lines.extend(_workers_target(agg))
     lines.append(f"- cost at least as good as every other router within the spread (ranges overlap, or means "
                  f"within {RESOLUTION:.0%}): {checked - len(misses)} of "
                  f"{checked} comparisons; worse in {len(misses)}" + (":" if misses else "."))
     lines.extend(misses)
+    return lines
+
+
+WORKERS_TOLERANCE = 0.02  # issue 13: `serve --workers 4` keeps the hit rate of one worker within 2 points
+
+
+def _workers_target(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]]) -> list[str]:
+    """Every kvroute contender `X:wN` beside its one-worker `X`: the hit rate it gives up."""
+    lines = []
+    for (workload, mode), table in sorted(agg.items()):
+        for x, row in sorted(table.items()):
+            for name, cells in sorted(row.items()):
+                base, _, workers = name.rpartition(":w")
+                if not (name.startswith("kvroute:") and workers.isdigit() and base in row):
+                    continue
+                one, many = row[base]["hit_rate"], cells["hit_rate"]
+                if one.ok and many.ok:
+                    lost = one.mean - many.mean
+                    lines.append(f"- {workload}, {_axis(mode)} {x:g}: `{name}` hit rate {many.mean * 100:.1f}% vs "
+                                 f"`{base}` {one.mean * 100:.1f}% ({-lost * 100:+.1f} points); within "
+                                 f"{WORKERS_TOLERANCE * 100:.0f}: **{'met' if lost <= WORKERS_TOLERANCE else 'not met'}**.")
     return lines
 
 

@@ -123,3 +123,36 @@ async def test_reset_empties_the_view_of_a_router_living_across_it(model_dir: Pa
             await workers.stop()
     finally:
         await fleet.stop()
+
+
+BT = 16
+
+
+def _cold_picks(router: Any, n: int) -> list[str]:
+    picks = []
+    for i in range(n):
+        ids = [100_000 * (i + 1) + j for j in range(400)]
+        body = json.dumps({"model": "m", "prompt": ids, "max_tokens": 4}).encode()
+        picks.append(router.route(body, "completions").backend_id)
+    return picks
+
+
+@pytest.mark.xfail(strict=True, reason="core: Router.held_blocks counts only an event-fed backend's confirmed "
+                   "blocks, not the chains in flight there (rust/core/src/router/kv.rs, reference.py), so new "
+                   "prompts herd onto the least-holding backend until their BlockStored arrives")
+def test_exact_view_spreads_new_prompts_routed_before_their_events() -> None:
+    """What the benchmark met (docs/benchmarks.md, "Exact cache view and workers"): b0-b2 each hold
+    one conversation, confirmed by events; six new ones arrive before any of their events. The byte
+    view spreads such a burst (a placement counts as held at once); the exact view must as well."""
+    import kvroute
+
+    router = kvroute.Router("cost", block_tokens=BT, seed=0)
+    for b in ("b0", "b1", "b2", "b3"):
+        router.upsert_backend(b)
+        router.kv_reset(b)  # a subscription started: the backend is event-fed
+    for k, b in enumerate(("b0", "b1", "b2")):
+        ids = [900_000 * (k + 1) + j for j in range(400)]
+        n = len(ids) // BT
+        router.kv_apply(b, "m", [("stored", [1000 * (k + 1) + i for i in range(n)], None, ids[: n * BT], BT, None, None)])
+    picks = _cold_picks(router, 6)
+    assert max(picks.count(b) for b in set(picks)) <= 3, picks  # today: all six on b3
