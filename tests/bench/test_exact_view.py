@@ -143,15 +143,16 @@ def _cold_picks(router: Any, n: int) -> list[str]:
 def test_exact_view_spreads_new_prompts_routed_before_their_events() -> None:
     """What the benchmark met (docs/benchmarks.md, "Exact cache view and workers"): b0-b2 each hold
     one conversation, confirmed by events; six new ones arrive before any of their events. The byte
-    view spreads such a burst (a placement counts as held at once); the exact view must as well."""
+    view spreads such a burst (a placement counts as held at once); the exact view must as well.
+    (b3 holds one block so that all four are event-fed for certain.)"""
     import kvroute
 
     router = kvroute.Router("cost", block_tokens=BT, seed=0)
     for b in ("b0", "b1", "b2", "b3"):
         router.upsert_backend(b)
-        router.kv_reset(b)  # a subscription started: the backend is event-fed
-    for k, b in enumerate(("b0", "b1", "b2")):
-        ids = [900_000 * (k + 1) + j for j in range(400)]
+    # Every backend event-fed (its first batch applied): b0-b2 hold 25 blocks each, b3 one.
+    for k, b in enumerate(("b0", "b1", "b2", "b3")):
+        ids = [900_000 * (k + 1) + j for j in range(400 if b != "b3" else BT)]
         n = len(ids) // BT
         router.kv_apply(b, "m", [("stored", [1000 * (k + 1) + i for i in range(n)], None, ids[: n * BT], BT, None, None)])
     picks = _cold_picks(router, 6)
