@@ -529,7 +529,8 @@ class Backend:
         return n if self.events is None else max(n, self.events.view.matched_blocks(blocks))
 
     def held_blocks(self) -> int:
-        return len(self.index) if self.events is None else len(self.events.view.keys())
+        # Event-fed: the engine's blocks plus the in-flight chains (the index holds only those).
+        return len(self.index) if self.events is None else len(self.events.view.keys()) + len(self.index)
 
     def insert(self, blocks: list[int]) -> None:
         for b in reversed(blocks):

@@ -137,13 +137,11 @@ def _cold_picks(router: Any, n: int) -> list[str]:
     return picks
 
 
-@pytest.mark.xfail(strict=True, reason="core: Router.held_blocks counts only an event-fed backend's confirmed "
-                   "blocks, not the chains in flight there (rust/core/src/router/kv.rs, reference.py), so new "
-                   "prompts herd onto the least-holding backend until their BlockStored arrives")
 def test_exact_view_spreads_new_prompts_routed_before_their_events() -> None:
     """What the benchmark met (docs/benchmarks.md, "Exact cache view and workers"): b0-b2 each hold
     one conversation, confirmed by events; six new ones arrive before any of their events. The byte
-    view spreads such a burst (a placement counts as held at once); the exact view must as well.
+    view spreads such a burst (a placement counts as held at once); the exact view must as well: an
+    event-fed backend's held blocks include the chains in flight there.
     (b3 holds one block so that all four are event-fed for certain.)"""
     import kvroute
 
@@ -156,4 +154,4 @@ def test_exact_view_spreads_new_prompts_routed_before_their_events() -> None:
         n = len(ids) // BT
         router.kv_apply(b, "m", [("stored", [1000 * (k + 1) + i for i in range(n)], None, ids[: n * BT], BT, None, None)])
     picks = _cold_picks(router, 6)
-    assert max(picks.count(b) for b in set(picks)) <= 3, picks  # today: all six on b3
+    assert max(picks.count(b) for b in set(picks)) <= 3, picks  # before the fix: all six on b3

@@ -122,10 +122,14 @@ impl Router {
         self.confirmed.clear(slot);
     }
 
-    /// Blocks a backend is believed to hold: the engine's count when it reports, else the guess.
+    /// Blocks a backend is believed to hold: the engine's count when it reports, plus the chains
+    /// of the requests in flight there (its slot of the main index), else the guess. Without the
+    /// in-flight chains, new prompts routed before their first BlockStored all went to the one
+    /// least-holding backend (found by the bench; a running request's confirmed blocks count twice,
+    /// which only leans new prompts away from a busy backend).
     pub(super) fn held_blocks(&self, slot: u32) -> u64 {
         if self.is_event_fed(slot) {
-            self.confirmed.len(slot)
+            self.confirmed.len(slot) + self.index.len(slot)
         } else {
             self.index.len(slot)
         }
