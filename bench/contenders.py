@@ -70,7 +70,10 @@ def parse_kvroute(spec: str) -> Contender:
 
 
 def peer(kind: str, policy: str) -> Contender:
-    return Contender(f"{kind}:{policy}", kind, policy, PEER_FLAGS[kind])
+    # vllm-router's kv_aware routes on the engines' KV events with the model's tokenizer: like
+    # kvroute's exact view, it needs the fleet that tokenizes with a model directory and publishes.
+    exact = (kind, policy) == ("vllm-router", "kv_aware")
+    return Contender(f"{kind}:{policy}", kind, policy, PEER_FLAGS[kind], exact=exact)
 
 
 def sglang(policy: str) -> Contender:
@@ -106,12 +109,30 @@ class Running:
             await self.child.stop()
 
 
-def exact_view_flags(model: str, fleet_info: dict[str, Any]) -> list[str]:
-    """kvroute's flags for the exact view of a fleet started with a tokenizer and KV events."""
+def _exact_sources(fleet_info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The fleet's model directory and KV event endpoints per backend URL."""
     tokenizer, endpoints = fleet_info.get("tokenizer"), fleet_info.get("kv_events") or {}
     if not tokenizer or not endpoints:
         raise ValueError("the exact view needs a fleet with a tokenizer and KV events (bench.simfleet "
                          "--tokenizer DIR --kv-events)")
+    return tokenizer, endpoints
+
+
+def vllm_router_kv_flags(fleet_info: dict[str, Any]) -> list[str]:
+    """vllm-router 0.1.17's kv_aware sources: each worker's publisher (and replay), the block size,
+    and the model directory it tokenizes with (`--kv-event-model` takes a local path)."""
+    tokenizer, endpoints = _exact_sources(fleet_info)
+    argv = ["--kv-event-model", tokenizer, "--kv-event-block-size", str(fleet_info["profile"]["block_size"])]
+    for url, ep in endpoints.items():
+        argv += ["--kv-event-source", f"{url}={ep['endpoint']}"]
+        if ep.get("replay_endpoint"):
+            argv += ["--kv-event-replay-source", f"{url}={ep['replay_endpoint']}"]
+    return argv
+
+
+def exact_view_flags(model: str, fleet_info: dict[str, Any]) -> list[str]:
+    """kvroute's flags for the exact view of a fleet started with a tokenizer and KV events."""
+    tokenizer, endpoints = _exact_sources(fleet_info)
     argv = ["--tokenizer", f"{model}={tokenizer}"]
     argv += ["--kv-events-endpoints", ",".join(f"{url}={ep['endpoint']}" for url, ep in endpoints.items())]
     replay = [f"{url}={ep['replay_endpoint']}" for url, ep in endpoints.items() if ep.get("replay_endpoint")]
@@ -143,6 +164,8 @@ async def start(contender: Contender, backend_urls: Sequence[str], log_dir: Path
         argv = [*peer_env.PEERS[contender.kind].ensure(), "--host", "127.0.0.1", "--port", str(port),
                 "--prometheus-host", "127.0.0.1", "--prometheus-port", str(procs.free_port()),
                 "--policy", contender.policy, "--worker-urls", *backend_urls, *contender.flags]
+        if contender.exact:
+            argv += vllm_router_kv_flags(fleet_info or {})
     else:
         raise ValueError(f"unknown contender kind {contender.kind!r}")
     child = procs.Child(contender.name, argv, log_dir / f"{contender.name.replace(':', '_')}.log")
