@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "controlplane" / "kvroute"
 # Lowest first. A module may import its own layer or lower ones. Prefixes match whole dotted names.
 LAYERS: list[tuple[str, ...]] = [
     # leaves: the core, the knobs, logging, background loops, the worker processes' names and files
-    ("kvroute._native", "kvroute.tls", "kvroute.config", "kvroute.logs", "kvroute.loops", "kvroute.workers",
-     "kvroute.control.atomic_file"),
+    ("kvroute._native", "kvroute.tls", "kvroute.model_tokenizers", "kvroute.config", "kvroute.logs", "kvroute.loops",
+     "kvroute.workers", "kvroute.control.atomic_file"),
     # the wire: HTTP framing, the upstream client pool, SSE scanning (the proxy's and the poller's)
     ("kvroute.proxy.http", "kvroute.proxy.upstream", "kvroute.proxy.sse"),
     # the fleet as the control plane keeps it: discovery, polling, health, circuit breakers
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     # the operator's side: admin API and status page
     ("kvroute.admin",),
     ("kvroute.gateway",),  # the composition root
-    ("kvroute.cli", "kvroute.demo"),
+    ("kvroute.cli", "kvroute.demo", "kvroute.fetch_tokenizer"),
 ]
 TOP = len(LAYERS) - 1
 # Beside the layers: the simulator, the load generator (and the clients' SSE splitter) and the
