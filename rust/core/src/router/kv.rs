@@ -49,15 +49,15 @@ impl Router {
     }
 
     /// The backend's events can no longer be trusted to be complete (a gap replay could not fill,
-    /// a publisher restart): forget its confirmed blocks; it is unconfirmed until the next batch.
-    /// On a backend without events yet (a subscription starting), it makes the backend event-fed
-    /// and unconfirmed: from now on only the engine's word and in-flight claims count.
+    /// a publisher restart, the backend failed its health checks): forget its confirmed blocks; it
+    /// is event-fed and unconfirmed until the next batch (on a backend without events yet, it
+    /// makes it event-fed: from now on only the engine's word and in-flight claims count).
     pub fn kv_reset(&mut self, id: &str) -> Result<()> {
         let slot = self.slot_of(id)?;
-        if self.is_event_fed(slot) {
-            Self::event_slot(&mut self.events, &mut self.index, slot).view.reset(slot, &mut self.confirmed);
-        } else {
-            Self::event_slot(&mut self.events, &mut self.index, slot);
+        let fed = self.is_event_fed(slot);
+        let es = Self::event_slot(&mut self.events, &mut self.index, slot);
+        if fed {
+            es.view.reset(slot, &mut self.confirmed);
         }
         Ok(())
     }
@@ -128,11 +128,8 @@ impl Router {
     /// least-holding backend (found by the bench; a running request's confirmed blocks count twice,
     /// which only leans new prompts away from a busy backend).
     pub(super) fn held_blocks(&self, slot: u32) -> u64 {
-        if self.is_event_fed(slot) {
-            self.confirmed.len(slot) + self.index.len(slot)
-        } else {
-            self.index.len(slot)
-        }
+        // A backend without events has nothing in `confirmed`.
+        self.index.len(slot) + self.confirmed.len(slot)
     }
 
     /// The admin view of a backend's events: `null` for one without.
