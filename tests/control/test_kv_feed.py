@@ -5,6 +5,7 @@ engine's true block set and against the cached tokens the engine reports, reques
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -40,6 +41,27 @@ def test_as_tuples_regroups_one_stored_run():
     assert as_tuples(evs) == [("stored", [1, 2], None, [1, 2, 3, 4], 2, None, "GPU"),
                               ("stored", [9], 5, [5, 6], 2, None, "GPU"), ("removed", [1], None), ("cleared",)]
 
+WARM_UP_TOKEN = itertools.count(1000)  # tokens no test prompt uses
+
+
+async def subscribed(feed: KVFeed, pairs: list[tuple[Any, Backend]]) -> None:
+    """Until each subscriber has applied a batch, send its engine a one-block request of its own.
+    A ZMQ subscription takes effect a moment after it connects: the batches of a first request
+    published before then are lost, and with no later batch to reveal the gap the view never
+    catches up (CI saw that as a timeout on the first request). Each request's block is new, so
+    that it is stored (and published) even where an earlier one is cached."""
+    async with aiohttp.ClientSession() as http:
+        for n, (inst, backend) in enumerate(pairs):
+            for _ in range(50):
+                if feed.states()[backend.id]["batches"]:
+                    break
+                body = {"model": MODEL, "prompt": [next(WARM_UP_TOKEN)] * BS + [3], "max_tokens": 1}
+                async with http.post(inst.url + "/v1/completions", json=body) as r:
+                    assert r.status == 200
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"no KV event batch from {inst.url} ever reached the subscriber")
+
 
 async def test_view_and_predictions_match_the_engines_under_cache_pressure():
     # The KV pool (24 blocks) is about a quarter of what the traffic touches: most blocks get evicted.
@@ -53,6 +75,7 @@ async def test_view_and_predictions_match_the_engines_under_cache_pressure():
         backends = [fleet.add(url, models=[MODEL]) for url in sim.urls]
         feed = KVFeed(settings, router, fleet)
         feed.sync()
+        await subscribed(feed, list(zip(sim.instances, backends)))
 
         def settled() -> bool:
             return all(set(router.kv_engine_hashes(b.id)) == truth(sim, i) for i, b in enumerate(backends))
@@ -103,6 +126,7 @@ async def test_two_replicas_fed_the_same_requests_pick_the_same_backends():
             backends = [fleet.add(url, models=[MODEL]) for url in sim.urls]
             feed = KVFeed(settings, router, fleet)
             feed.sync()
+            await subscribed(feed, list(zip(sim.instances, backends)))
             replicas.append((router, fleet, backends, feed))
 
         def settled() -> bool:
@@ -147,6 +171,7 @@ async def test_the_routers_view_recovers_from_drops_overrun_and_restart():
                         model=MODEL, kv_events_buffer_steps=10_000) as sim:
         inst = sim.instances[0]
         settings, router, fleet, backend, feed = fed_by(inst)
+        await subscribed(feed, [(inst, backend)])
 
         def view() -> dict:
             return {b["id"]: b for b in router.snapshot()["backends"]}[backend.id]["kv_events"]
@@ -205,6 +230,8 @@ async def test_a_backend_that_went_down_is_not_routed_on_the_blocks_it_lost():
                         model=MODEL) as sim:
         inst = sim.instances[0]
         settings, router, fleet, backend, feed = fed_by(inst)
+        await subscribed(feed, [(inst, backend)])
+
         def health(ok: bool) -> None:
             for _ in range(max(settings.unhealthy_after, settings.healthy_after)):
                 backend.liveness.record(ok)
