@@ -50,22 +50,46 @@ def _chat(model: str, messages: list[dict[str, str]], max_tokens: int, tag: str)
 
 
 def blog(model: str, requests: int, *, seed: int = 0, system_prompts: int = 8, system_tokens: int = 1000,
-         question_tokens: tuple[int, int] = (16, 48), output_tokens: int = 64) -> Workload:
+         question_tokens: tuple[int, int] = (16, 48), output_tokens: int = 64,
+         hot_share: float | None = None) -> Workload:
     """The experiment kvroute descends from: a few long shared system prompts, short user questions.
 
     Each request picks one of the system prompts uniformly at random; questions are all different.
+    `hot_share` makes it the hot-spot scenario: system prompt 0 takes that share of the requests,
+    the others split the rest evenly (affinity alone would pile the hot one onto one backend).
     """
+    if hot_share is not None and not (0.0 <= hot_share <= 1.0 and system_prompts >= 2):
+        raise ValueError(f"hot_share {hot_share} needs 0..1 and at least two system prompts")
     rng = random.Random(seed)
     systems = [f"You are assistant {i}." + words(rng, system_tokens - 4) for i in range(system_prompts)]
     specs = []
     for _ in range(requests):
-        which = rng.randrange(system_prompts)
+        if hot_share is None:
+            which = rng.randrange(system_prompts)
+        else:
+            which = 0 if rng.random() < hot_share else 1 + rng.randrange(system_prompts - 1)
         question = words(rng, rng.randint(*question_tokens)).strip() + "?"
         specs.append(_chat(model, [{"role": "system", "content": systems[which]},
                                    {"role": "user", "content": question}], output_tokens, f"sys{which}"))
     return Workload("blog", specs, params=dict(requests=requests, seed=seed, system_prompts=system_prompts,
                                                system_tokens=system_tokens, question_tokens=list(question_tokens),
-                                               output_tokens=output_tokens))
+                                               output_tokens=output_tokens, hot_share=hot_share))
+
+
+def burst(model: str, requests: int = 200, *, seed: int = 0, prefix_tokens: int = 8192,
+          question_tokens: tuple[int, int] = (16, 48), output_tokens: int = 64) -> Workload:
+    """The burst scenario: `requests` chats that all arrive at once, sharing one long system prompt
+    no backend has seen. A router that scores each on its own sees an empty cache everywhere and
+    spreads them, so every backend prefills the prefix; they should land together (or on as few
+    backends as the load needs) and reuse it. Open loop: every arrival offset is 0."""
+    rng = random.Random(seed)
+    system = f"You are the burst assistant {seed}." + words(rng, prefix_tokens - 6)
+    specs = [_chat(model, [{"role": "system", "content": system},
+                           {"role": "user", "content": words(rng, rng.randint(*question_tokens)).strip() + "?"}],
+                   output_tokens, "burst") for _ in range(requests)]
+    return Workload("burst", specs, [0.0] * requests,
+                    params=dict(requests=requests, seed=seed, prefix_tokens=prefix_tokens,
+                                question_tokens=list(question_tokens), output_tokens=output_tokens))
 
 
 def gsp(model: str, *, seed: int = 0, groups: int = 64, prompts_per_group: int = 16, system_tokens: int = 2048,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import workloads
 from kvroute.sim.tokenizer import HashTokenizer
 
@@ -28,6 +30,29 @@ def test_blog_shape() -> None:
     assert len(systems) == 3
     assert all(abs(len(tok.encode(s)) - 1000) <= 10 for s in systems)  # a short header aside, a word a token
     assert all(r.endpoint == "chat" and r.body["max_tokens"] == 64 and r.body["ignore_eos"] for r in w.requests)
+
+
+def test_hot_spot_gives_one_system_prompt_its_share() -> None:
+    w = workloads.blog("m", 1000, system_prompts=8, system_tokens=50, hot_share=0.9)
+    tags = [r.tag for r in w.requests]
+    assert 0.87 <= tags.count("sys0") / len(tags) <= 0.93
+    assert len(set(tags)) == 8 and w.params["hot_share"] == 0.9
+    # Without it, the blog experiment is as it was: the same requests for the same seed.
+    assert _bodies(workloads.blog("m", 20, seed=3)) == _bodies(workloads.blog("m", 20, seed=3, hot_share=None))
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="hot_share"):
+            workloads.blog("m", 5, hot_share=bad)
+
+
+def test_burst_arrives_at_once_on_one_new_prefix() -> None:
+    w = workloads.burst("m", 200, prefix_tokens=8192)
+    tok = HashTokenizer()
+    systems = {r.body["messages"][0]["content"] for r in w.requests}
+    assert len(w.requests) == 200 and w.arrivals == [0.0] * 200 and len(systems) == 1
+    assert abs(len(tok.encode(systems.pop())) - 8192) <= 10
+    assert len({r.body["messages"][1]["content"] for r in w.requests}) > 190  # questions differ
+    # Another seed, another prefix: a repeat of the scenario finds no cache from the last one.
+    assert workloads.burst("m", 2, seed=1).requests[0].body["messages"][0] != w.requests[0].body["messages"][0]
 
 
 def test_gsp_scaled_down() -> None:
