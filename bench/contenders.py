@@ -29,13 +29,26 @@ class Contender:
     workers: int = 1
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "policy": self.policy, "flags": list(self.flags),
-                "exact": self.exact, "workers": self.workers}
+        """The record kept with the results: what ran (package and version; none for `direct`),
+        with which policy and flags."""
+        package, version = None, None
+        if self.kind in peer_env.PEERS:
+            package, version = peer_env.PEERS[self.kind].package, peer_env.PEERS[self.kind].version
+        elif self.kind == "kvroute":
+            from importlib import metadata
+
+            package, version = "kvroute", metadata.version("kvroute")
+        return {"name": self.name, "kind": self.kind, "package": package, "version": version,
+                "policy": self.policy, "flags": list(self.flags), "exact": self.exact, "workers": self.workers}
 
 
 KVROUTE_POLICIES = ("round_robin", "least_load", "prefix_hash", "cost")
-PEER_POLICIES = {"sglang": ("cache_aware", "round_robin"), "smg": ("cache_aware", "round_robin"),
-                 "vllm-router": ("cache_aware", "kv_aware", "round_robin")}
+# Each peer's policies as its --help lists them (smg 1.13.0: random, round_robin, passthrough,
+# cache_aware, power_of_two, least_load, manual, consistent_hashing, prefix_hash; vllm-router 0.1.17:
+# random, round_robin, cache_aware, kv_aware, power_of_two, consistent_hash, sticky_least_loaded).
+PEER_POLICIES = {"sglang": ("cache_aware", "round_robin"),
+                 "smg": ("cache_aware", "least_load", "round_robin"),
+                 "vllm-router": ("cache_aware", "kv_aware", "power_of_two", "round_robin")}
 
 # kvroute's bench settings: the control plane polls backends often enough that its view of load is
 # current at the simulated time scales used here; logs quiet so that logging costs no CPU.
