@@ -10,7 +10,6 @@ the measurement behind the choice in docs/proxy.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 
