@@ -68,6 +68,7 @@ class Suite:
     # delayed ACK (docs/benchmarks.md); the comparison is about routing, so no contender gets that hit.
     keepalive: bool = False
     fleet: str = "sim"  # "sim" (kvroute sim, `profile`) or "vllm" (real vLLM CPU servers, bench/vllmfleet.py)
+    fleet_urls: list[str] = field(default_factory=list)  # fleet "remote": already running (bench/remote_fleet.py)
 
 
 CONCURRENCY = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
@@ -121,6 +122,12 @@ def exact_fleet(suite: Suite) -> bool:
 
 
 def make_fleet(suite: Suite, scale: float, logs: Path) -> Any:
+    if suite.fleet == "remote":
+        from bench.remote_fleet import RemoteFleet
+
+        if scale != 1.0:
+            raise ValueError("a remote fleet runs in real time (time scale 1)")
+        return RemoteFleet(suite.fleet_urls)
     if suite.fleet == "vllm":
         from bench.vllmfleet import VllmFleet
 
@@ -187,7 +194,8 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                       "engine_overrides": suite.engine, "kv_blocks": fleet.info.get("kv_blocks"),
                       # A model directory (bench/sim_tokenizer.py) and KV events, for the exact view.
                       "tokenizer": fleet.info.get("tokenizer"), "kv_events": bool(fleet.info.get("kv_events")),
-                      "profile_numbers": fleet.info.get("profile")},
+                      "profile_numbers": fleet.info.get("profile"),
+                      "remote": fleet.info.get("remote")},  # --fleet-urls: URLs, model, cache_reset
             "contenders": [contenders_mod.by_name(n).describe() for n in suite.contenders],
             "sweeps": [dataclasses.asdict(s) for s in suite.sweeps],
             "repeats": suite.repeats,
@@ -252,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, help="cap on requests per point (smaller, faster runs)")
     parser.add_argument("--time-scale", type=float, help="simulated clock speed-up (default: the suite's)")
     parser.add_argument("--keepalive", action="store_true", help="reuse client connections (see Suite.keepalive)")
+    parser.add_argument("--fleet-urls", help="comma-separated base URLs of an already running OpenAI-compatible "
+                        "fleet to run against instead of the simulated one (real time: time scale 1)")
     args = parser.parse_args(argv)
 
     suite = dataclasses.replace(SUITES[args.suite])
@@ -277,6 +287,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite.keepalive = True
     if args.time_scale is not None:
         suite.time_scale = args.time_scale
+        for sweep in suite.sweeps:
+            sweep.time_scale = None
+    if args.fleet_urls:
+        from bench.remote_fleet import parse_urls
+
+        if args.time_scale not in (None, 1.0):
+            parser.error("--fleet-urls: a real fleet runs in real time; --time-scale must be 1")
+        if suite.time_scale != 1.0 or any(s.time_scale not in (None, 1.0) for s in suite.sweeps):
+            print(f"--fleet-urls: suite {suite.name}'s time scale forced to 1 (real time)", file=sys.stderr)
+        try:
+            suite.fleet_urls = parse_urls(args.fleet_urls)
+        except ValueError as exc:
+            parser.error(str(exc))
+        suite.fleet, suite.instances, suite.time_scale = "remote", len(suite.fleet_urls), 1.0
         for sweep in suite.sweeps:
             sweep.time_scale = None
     out = args.out or RESULTS / f"{suite.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
