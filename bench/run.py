@@ -33,7 +33,7 @@ ALL_CONTENDERS = [*(f"kvroute:{p}" for p in contenders_mod.KVROUTE_POLICIES),
 class Sweep:
     """One workload over a set of points: concurrencies (closed loop) or load levels (open loop)."""
 
-    workload: str  # blog | gsp | multiturn | trace
+    workload: str  # blog | gsp | multiturn | trace | hotspot | burst
     mode: str  # closed | open
     points: list[float]
     # Closed loop: requests per point = clamp(per_client * concurrency, min, max).
@@ -103,6 +103,18 @@ SUITES: dict[str, Suite] = {
         instances=2,
         fleet="vllm",
     ),
+    # Issue 14's scenarios (two of four so far; pass rules not yet checked by the bench): one
+    # system prompt with 90% of the traffic, and 200 requests at once on one new 8k-token prefix.
+    "scenarios": Suite(
+        "scenarios",
+        sweeps=[
+            Sweep("hotspot", "closed", [8, 32], per_client=4, min_requests=64, max_requests=128,
+                  params={"hot_share": 0.9}),
+            Sweep("burst", "open", [1], params={"requests": 200, "prefix_tokens": 8192}, direct_max=0),
+        ],
+        repeats=2,
+        time_scale=2.0,
+    ),
     "quick": Suite(
         "quick",
         sweeps=[
@@ -147,6 +159,10 @@ def build_workload(sweep: Sweep, model: str, x: float, seed: int) -> workloads.W
         return workloads.gsp(model, seed=seed, limit=sweep.requests_at(x), **params)
     if sweep.workload == "multiturn":
         return workloads.multiturn(model, seed=seed, **params)
+    if sweep.workload == "hotspot":
+        return workloads.hotspot(model, sweep.requests_at(x), seed=seed, **params)
+    if sweep.workload == "burst":  # all at once: the point is only a label
+        return workloads.burst(model, seed=seed, **params)
     if sweep.workload == "trace":
         if sweep.mode == "open":
             params["speedup"] = x

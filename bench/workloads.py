@@ -76,6 +76,13 @@ def blog(model: str, requests: int, *, seed: int = 0, system_prompts: int = 8, s
                                                output_tokens=output_tokens, hot_share=hot_share))
 
 
+def hotspot(model: str, requests: int, *, hot_share: float = 0.9, **blog_params: Any) -> Workload:
+    """The hot-spot scenario: the blog experiment with one system prompt taking `hot_share`."""
+    w = blog(model, requests, hot_share=hot_share, **blog_params)
+    w.name = "hotspot"
+    return w
+
+
 def burst(model: str, requests: int = 200, *, seed: int = 0, prefix_tokens: int = 8192,
           question_tokens: tuple[int, int] = (16, 48), output_tokens: int = 64) -> Workload:
     """The burst scenario: `requests` chats that all arrive at once, sharing one long system prompt

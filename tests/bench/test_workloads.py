@@ -39,6 +39,7 @@ def test_hot_spot_gives_one_system_prompt_its_share() -> None:
     assert len(set(tags)) == 8 and w.params["hot_share"] == 0.9
     # Without it, the blog experiment is as it was: the same requests for the same seed.
     assert _bodies(workloads.blog("m", 20, seed=3)) == _bodies(workloads.blog("m", 20, seed=3, hot_share=None))
+    assert workloads.hotspot("m", 10, hot_share=0.9, system_tokens=50).name == "hotspot"
     for bad in (1.5, -0.1):
         with pytest.raises(ValueError, match="hot_share"):
             workloads.blog("m", 5, hot_share=bad)
