@@ -37,7 +37,7 @@ class FleetProc:
 
     def __init__(self, instances: int, profile: str, time_scale: float, seed: int, log_dir: Path,
                  engine: dict[str, int | float] | None = None, tokenizer: Path | None = None,
-                 kv_events: bool = False) -> None:
+                 kv_events: bool = False, faults: Sequence[str] = (), fault_seconds: float = 0.0) -> None:
         argv = [sys.executable, "-m", "bench.simfleet", "--instances", str(instances), "--profile", profile,
                 "--time-scale", str(time_scale), "--seed", str(seed)]
         for key, value in (engine or {}).items():
@@ -46,6 +46,10 @@ class FleetProc:
             argv += ["--tokenizer", str(tokenizer)]
         if kv_events:
             argv.append("--kv-events")
+        for spec in faults:
+            argv += ["--fault", spec]
+        if fault_seconds:
+            argv += ["--fault-seconds", str(fault_seconds)]
         self.tokenizer = tokenizer
         # `-m bench.simfleet` resolves from the project root, wherever the caller runs.
         self.child = procs.Child("simfleet", argv, log_dir / "simfleet.log", cwd=PROJECT_ROOT)

@@ -33,7 +33,7 @@ ALL_CONTENDERS = [*(f"kvroute:{p}" for p in contenders_mod.KVROUTE_POLICIES),
 class Sweep:
     """One workload over a set of points: concurrencies (closed loop) or load levels (open loop)."""
 
-    workload: str  # blog | gsp | multiturn | trace | hotspot | burst
+    workload: str  # blog | gsp | multiturn | trace | hotspot | burst | hetero | stale
     mode: str  # closed | open
     points: list[float]
     # Closed loop: requests per point = clamp(per_client * concurrency, min, max).
@@ -47,6 +47,10 @@ class Sweep:
     direct_max: float = 4  # "direct" (one backend, no router) only up to this point: a floor, not a rival
     repeats: int | None = None  # default: the suite's
     time_scale: float | None = None  # default: the suite's (the fleet restarts when it changes)
+    # A scenario's fleet faults (bench/simfleet.py --fault, e.g. "0:slow:2"), from the start of every
+    # point, cleared after `fault_seconds` fleet seconds if that is > 0; the fleet restarts for them.
+    faults: list[str] = field(default_factory=list)
+    fault_seconds: float = 0.0
 
     def requests_at(self, x: float) -> int:
         return max(self.min_requests, min(self.max_requests, int(self.per_client * x)))
@@ -103,14 +107,19 @@ SUITES: dict[str, Suite] = {
         instances=2,
         fleet="vllm",
     ),
-    # Issue 14's scenarios (two of four so far; pass rules not yet checked by the bench): one
-    # system prompt with 90% of the traffic, and 200 requests at once on one new 8k-token prefix.
+    # Issue 14's scenarios (pass rules not yet checked by the bench): one system prompt with 90% of
+    # the traffic; 200 requests at once on one new 8k-token prefix; a heterogeneous fleet; stale metrics.
     "scenarios": Suite(
         "scenarios",
         sweeps=[
             Sweep("hotspot", "closed", [8, 32], per_client=4, min_requests=64, max_requests=128,
                   params={"hot_share": 0.9}),
             Sweep("burst", "open", [1], params={"requests": 200, "prefix_tokens": 8192}, direct_max=0),
+            # One backend half as fast; one whose metrics stay frozen for the first 10 fleet seconds.
+            Sweep("hetero", "closed", [8, 32], per_client=4, min_requests=64, max_requests=128,
+                  faults=["0:slow:2"]),
+            Sweep("stale", "closed", [32], per_client=4, min_requests=128, max_requests=128,
+                  faults=["0:metrics_stale"], fault_seconds=10.0),
         ],
         repeats=2,
         time_scale=2.0,
@@ -133,7 +142,9 @@ def exact_fleet(suite: Suite) -> bool:
     return suite.fleet == "sim" and any(contenders_mod.by_name(n).exact for n in suite.contenders)
 
 
-def make_fleet(suite: Suite, scale: float, logs: Path) -> Any:
+def make_fleet(suite: Suite, scale: float, logs: Path, faults: Sequence[str] = (), fault_seconds: float = 0.0) -> Any:
+    if faults and suite.fleet != "sim":
+        raise ValueError(f"scenario faults need the simulated fleet, not {suite.fleet!r}")
     if suite.fleet == "remote":
         from bench.remote_fleet import RemoteFleet
 
@@ -148,6 +159,7 @@ def make_fleet(suite: Suite, scale: float, logs: Path) -> Any:
         return VllmFleet(suite.instances, logs)
     exact = exact_fleet(suite)
     return FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine,
+                     faults=faults, fault_seconds=fault_seconds,
                      tokenizer=sim_tokenizer.ensure() if exact else None, kv_events=exact)
 
 
@@ -159,6 +171,10 @@ def build_workload(sweep: Sweep, model: str, x: float, seed: int) -> workloads.W
         return workloads.gsp(model, seed=seed, limit=sweep.requests_at(x), **params)
     if sweep.workload == "multiturn":
         return workloads.multiturn(model, seed=seed, **params)
+    if sweep.workload in ("hetero", "stale"):  # the blog experiment on a fleet with a fault
+        w = workloads.blog(model, sweep.requests_at(x), seed=seed, **params)
+        w.name = sweep.workload
+        return w
     if sweep.workload == "hotspot":
         return workloads.hotspot(model, sweep.requests_at(x), seed=seed, **params)
     if sweep.workload == "burst":  # all at once: the point is only a label
@@ -197,7 +213,7 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
     requests_path = out / "raw" / "requests.jsonl"
     try:  # a fleet that half started must not outlive the run either
         await fleet.start()
-        fleet_scale = suite.time_scale
+        fleet_shape: tuple[Any, ...] = (suite.time_scale, (), 0.0)
         meta = {
             "suite": suite.name,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -220,11 +236,12 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
         with open(requests_path, "w") as raw:
             for sweep in suite.sweeps:
                 scale = sweep.time_scale or suite.time_scale
-                if scale != fleet_scale:
+                shape = (scale, tuple(sweep.faults), sweep.fault_seconds)
+                if shape != fleet_shape:
                     await fleet.stop()
-                    fleet = make_fleet(suite, scale, logs)
+                    fleet = make_fleet(suite, scale, logs, sweep.faults, sweep.fault_seconds)
                     await fleet.start()
-                    fleet_scale = scale
+                    fleet_shape = shape
                 for repeat in range(sweep.repeats or suite.repeats):
                     seed = suite.seed + repeat
                     for x in sweep.points:

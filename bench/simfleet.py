@@ -13,6 +13,10 @@ view at once), then the publisher restarts, numbering from 0 with an empty repla
 router started for the next point does not replay the previous points' batches). `--tokenizer DIR`
 makes the fleet tokenize with that model directory (bench/sim_tokenizer.py builds the bench's).
 
+`--fault I:MODE[:VALUE]` (with `--fault-seconds S`) gives a scenario's fleet a fault from the start
+of every point: one backend half as fast (`0:slow:2`), metrics stale for the first 10 s
+(`0:metrics_stale` with `--fault-seconds 10`).
+
     python -m bench.simfleet --instances 4 --profile qwen2.5-1.5b-l4 --time-scale 2 --seed 0
     -> first stdout line: {"urls": [...], "profile": {...}, "kv_events": {url: {"endpoint", "replay_endpoint"}}}
 """
@@ -52,6 +56,40 @@ async def _reset(fleet: Any) -> None:
         await asyncio.sleep(REJOIN_GRACE_S)
 
 
+class Faults:
+    """Scenario faults (`kvroute sim`'s modes, e.g. `0:slow:2`, `0:metrics_stale`), applied when the
+    fleet starts and again after every reset, so that each point meets them from its start; with
+    `seconds` > 0 they clear that many fleet seconds into the point (a backend whose metrics go
+    stale for 10 s, then recover)."""
+
+    def __init__(self, fleet: Any, specs: Sequence[str], seconds: float, time_scale: float) -> None:
+        self.fleet = fleet
+        self.faults = [parse_fault(spec) for spec in specs]
+        self.clear_after_s = seconds / time_scale
+        self._clear: asyncio.Task[None] | None = None
+
+    async def apply(self) -> None:
+        if self._clear is not None:
+            self._clear.cancel()
+            self._clear = None
+        for index, mode, value in self.faults:
+            await self.fleet.set_fault(index, mode, value)
+        if self.faults and self.clear_after_s > 0:
+            self._clear = asyncio.create_task(self._clear_later())
+
+    async def _clear_later(self) -> None:
+        await asyncio.sleep(self.clear_after_s)
+        for index in {index for index, _, _ in self.faults}:
+            await self.fleet.set_fault(index, "none")
+
+
+def parse_fault(spec: str) -> tuple[int, str, float | None]:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit():
+        raise ValueError(f"fault {spec!r}: expected INSTANCE:MODE[:VALUE]")
+    return int(parts[0]), parts[1], float(parts[2]) if len(parts) == 3 else None
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from kvroute.sim import SimFleet
     from kvroute.sim.profiles import load_profile
@@ -65,7 +103,10 @@ async def _serve(args: argparse.Namespace) -> None:
         print(json.dumps({"urls": list(fleet.urls), "profile": dataclasses.asdict(profile),
                           "kv_blocks": profile.kv_blocks(), "tokenizer": args.tokenizer,
                           "kv_events": {url: {"endpoint": ep, "replay_endpoint": rep}
-                                        for url, (ep, rep) in fleet.kv_events_endpoints.items()}}), flush=True)
+                                        for url, (ep, rep) in fleet.kv_events_endpoints.items()},
+                          "faults": args.fault, "fault_seconds": args.fault_seconds}), flush=True)
+        faults = Faults(fleet, args.fault, args.fault_seconds, args.time_scale)
+        await faults.apply()
         loop = asyncio.get_running_loop()
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -73,6 +114,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 return
             if line.strip() == "reset":
                 await _reset(fleet)
+                await faults.apply()
                 print("ok", flush=True)
 
 
@@ -87,7 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", help="model directory the instances tokenize with (default: the built-in one)")
     parser.add_argument("--kv-events", action="store_true",
                         help="publish vLLM-format KV events, every instance on free ports (listed on the first line)")
+    parser.add_argument("--fault", action="append", default=[], metavar="I:MODE[:VALUE]",
+                        help="a fault on instance I from the start of every point (kvroute sim's modes)")
+    parser.add_argument("--fault-seconds", type=float, default=0.0, metavar="S",
+                        help="faults clear S fleet seconds into each point (default 0: they last)")
     args = parser.parse_args(argv)
+    try:
+        for spec in args.fault:
+            parse_fault(spec)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         import uvloop
 
