@@ -172,9 +172,7 @@ def build_workload(sweep: Sweep, model: str, x: float, seed: int) -> workloads.W
     if sweep.workload == "multiturn":
         return workloads.multiturn(model, seed=seed, **params)
     if sweep.workload in ("hetero", "stale"):  # the blog experiment on a fleet with a fault
-        w = workloads.blog(model, sweep.requests_at(x), seed=seed, **params)
-        w.name = sweep.workload
-        return w
+        return workloads.blog(model, sweep.requests_at(x), seed=seed, name=sweep.workload, **params)
     if sweep.workload == "hotspot":
         return workloads.hotspot(model, sweep.requests_at(x), seed=seed, **params)
     if sweep.workload == "burst":  # all at once: the point is only a label

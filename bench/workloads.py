@@ -51,7 +51,7 @@ def _chat(model: str, messages: list[dict[str, str]], max_tokens: int, tag: str)
 
 def blog(model: str, requests: int, *, seed: int = 0, system_prompts: int = 8, system_tokens: int = 1000,
          question_tokens: tuple[int, int] = (16, 48), output_tokens: int = 64,
-         hot_share: float | None = None) -> Workload:
+         hot_share: float | None = None, name: str = "blog") -> Workload:
     """The experiment kvroute descends from: a few long shared system prompts, short user questions.
 
     Each request picks one of the system prompts uniformly at random; questions are all different.
@@ -71,16 +71,14 @@ def blog(model: str, requests: int, *, seed: int = 0, system_prompts: int = 8, s
         question = words(rng, rng.randint(*question_tokens)).strip() + "?"
         specs.append(_chat(model, [{"role": "system", "content": systems[which]},
                                    {"role": "user", "content": question}], output_tokens, f"sys{which}"))
-    return Workload("blog", specs, params=dict(requests=requests, seed=seed, system_prompts=system_prompts,
+    return Workload(name, specs, params=dict(requests=requests, seed=seed, system_prompts=system_prompts,
                                                system_tokens=system_tokens, question_tokens=list(question_tokens),
                                                output_tokens=output_tokens, hot_share=hot_share))
 
 
 def hotspot(model: str, requests: int, *, hot_share: float = 0.9, **blog_params: Any) -> Workload:
     """The hot-spot scenario: the blog experiment with one system prompt taking `hot_share`."""
-    w = blog(model, requests, hot_share=hot_share, **blog_params)
-    w.name = "hotspot"
-    return w
+    return blog(model, requests, hot_share=hot_share, name="hotspot", **blog_params)
 
 
 def burst(model: str, requests: int = 200, *, seed: int = 0, prefix_tokens: int = 8192,
