@@ -147,7 +147,7 @@ _HELP = {
     "kv_events_replay_port_offset": "replay endpoint at tcp://<backend host>:<backend port + this> (0: none)",
     "tokenizer": "MODEL=DIR: tokenize MODEL's prompts with the tokenizer and chat template in DIR "
                  "(repeatable or a comma list), for exact cache keys",
-    "policy_weights": "weights of the policy, e.g. recompute_weight=10,content_weight=50 (docs/routing.md)",
+    "policy_weights": "weights of the policy, e.g. content_weight=50,load_alpha=0.05 (docs/routing.md)",
     "rate_limit_rps": "requests per second allowed per API key (0: no limit); over it: 429 with Retry-After",
     "rate_limit_tpm": "tokens (prompt + output) per minute allowed per API key (0: no limit)",
     "rate_limit_rps_by_key": "a key's own requests per second, e.g. sk-a=50,sk-b=5 (better from the YAML file)",

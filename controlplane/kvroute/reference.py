@@ -68,10 +68,9 @@ COST_WEIGHTS = {
     "kv_weight": (0.5, 0.0, 100.0),
     "kv_knee": (0.8, 0.0, 0.999),
     "tie_tolerance": (0.05, 0.0, 10.0),
-    "externality_weight": (1.0, 0.0, 100.0),
-    "recompute_weight": (3.0, 0.0, 100.0),
     "content_weight": (100.0, 0.0, 1000.0),
     "ewma_alpha": (0.2, 0.001, 1.0),
+    "load_alpha": (0.02, 0.001, 1.0),
 }
 POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
     "round_robin": {},
@@ -103,7 +102,7 @@ POLICY_SCORERS: dict[str, tuple[str, ...]] = {
     "cost": ("cost",),
     "weighted": WEIGHTED_SCORERS,
 }
-SCORER_ORDER = ("ttft", "cost", "prefix", "least_load", "least_inflight")  # kvroute.SCORERS
+SCORER_ORDER = ("ttft", "cost", "externality", "prefix", "least_load", "least_inflight")  # kvroute.SCORERS
 ALL_DEFAULTS = {k: v[0] for spec in POLICY_WEIGHTS.values() for k, v in spec.items()}
 
 
@@ -498,6 +497,7 @@ class Backend:
     latency_ewma: float = PRIOR_LATENCY_S
     overhead_s: float = PRIOR_OVERHEAD_S
     mean_uncached: float = PRIOR_MEAN_UNCACHED
+    mean_pending: float = 0.0  # requests waiting for a first token, averaged over decisions (PASTA)
     # The router's guess, or, once the backend is event-fed, only its in-flight claims. Most recent last.
     index: OrderedDict[int, None] = field(default_factory=OrderedDict)
     capacity: int = DEFAULT_CAPACITY_BLOCKS
@@ -793,11 +793,15 @@ class Router:
         self._count(reason, cands or [], None)
         return RefRejected(reason, TIERS[tier], req.model, retry, message)
 
+    @staticmethod
+    def queue_s(b: Backend) -> float:
+        # a waiting queue is prefill work ahead, not a full batch
+        return (float(b.pending_tokens) + float(b.foreign_waiting) * b.mean_uncached) / b.prefill_rate
+
     def predict(self, b: Backend, uncached: int) -> float:
         w = self.w
         rate = b.prefill_rate
-        work_ahead = float(b.pending_tokens) + float(b.foreign_waiting) * b.mean_uncached
-        queue_s = work_ahead / rate  # a waiting queue is prefill work ahead, not a full batch
+        queue_s = self.queue_s(b)
         decoding = float(b.decoding() + b.foreign_running)
         pressure = min(max((b.kv_usage - w["kv_knee"]) / (1.0 - w["kv_knee"]), 0.0), 1.0)
         return (
@@ -845,19 +849,24 @@ class Router:
             # vLLM computes the prompt's last token (its logits) even on a full hit: see decide.rs.
             c.cached_tokens = min(n, max(req.prompt_tokens - 1, 0) // self.block_tokens) * self.block_tokens
         best_cached = max(c.cached_tokens for c in cands)
+        for c in cands:  # every decision samples each candidate's prefill queue
+            c.b.mean_pending = ewma(c.b.mean_pending, float(c.b.pending + c.b.foreign_waiting), self.w["load_alpha"])
         cost = self._weighs("cost")
         least_held = min(c.b.held_blocks() for c in cands) if cost and best_cached == 0 else 0
         for c in cands:
             uncached = req.prompt_tokens - c.cached_tokens
             c.ttft = c.raw["ttft"] = self.predict(c.b, uncached)
             if cost:
-                rate = c.b.prefill_rate
-                externality = self.w["externality_weight"] * float(c.b.pending) * (float(uncached) / rate)
-                if best_cached > 0:
-                    placement = self.w["recompute_weight"] * (float(best_cached - c.cached_tokens) / rate)
-                else:  # a prompt nobody holds goes where the least is held
-                    excess = (c.b.held_blocks() - least_held) * self.block_tokens
-                    placement = self.w["content_weight"] * (float(excess) / rate)
+                b = c.b
+                # the delay to later arrivals: s more seconds of prefill, times the arrivals that
+                # find the queue longer for it (L / m of them per second of busy period)
+                s = float(uncached) / b.prefill_rate
+                externality = s * (self.queue_s(b) + s / 2.0) * b.mean_pending / (b.overhead_s + b.mean_uncached / b.prefill_rate)
+                placement = 0.0
+                if best_cached == 0:  # a prompt nobody holds goes where the least is held
+                    excess = (b.held_blocks() - least_held) * self.block_tokens
+                    placement = self.w["content_weight"] * (float(excess) / b.prefill_rate)
+                c.raw["externality"] = externality
                 c.raw["cost"] = c.ttft + externality + placement
             if self._weighs("prefix"):
                 c.raw["prefix"] = float(c.cached_tokens) / float(req.prompt_tokens) if req.prompt_tokens else 0.0
@@ -1005,7 +1014,7 @@ class Router:
             return ranked[0][1], "session:sticky"
         if name == "weighted":
             return self._weighted(cands), "weighted"
-        # cost: minimum score (TTFT + externality + recompute or content); near-ties: most cached prefix, then random
+        # cost: minimum score (TTFT + externality + content placement for a cold prompt); near-ties: most cached prefix, then random
         lo = min(c.raw["cost"] for c in cands)
         limit = lo + abs(lo) * self.w["tie_tolerance"]
         near = [k for k, c in enumerate(cands) if c.raw["cost"] <= limit]

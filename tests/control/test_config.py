@@ -81,22 +81,22 @@ def test_policy_weights_from_yaml_env_and_cli_reach_the_core(tmp_path):
     from kvroute.gateway import Gateway
 
     path = tmp_path / "kvroute.yaml"
-    path.write_text("policy: cost\npolicy_weights: {recompute_weight: 10, content_weight: 50}\n")
-    assert _load(["--config", str(path)]).policy_weights == {"recompute_weight": 10.0, "content_weight": 50.0}
+    path.write_text("policy: cost\npolicy_weights: {load_alpha: 0.05, content_weight: 50}\n")
+    assert _load(["--config", str(path)]).policy_weights == {"load_alpha": 0.05, "content_weight": 50.0}
     assert _load([], {"KVROUTE_POLICY_WEIGHTS": "kv_knee=0.9"}).policy_weights == {"kv_knee": 0.9}
-    settings = _load(["--config", str(path), "--policy-weights", "recompute_weight=7"])
-    assert settings.policy_weights == {"recompute_weight": 7.0}  # the command line replaces the mapping
+    settings = _load(["--config", str(path), "--policy-weights", "content_weight=7"])
+    assert settings.policy_weights == {"content_weight": 7.0}  # the command line replaces the mapping
     name, weights = Gateway(settings, admin=False).router.policy()
-    assert name == "cost" and weights["recompute_weight"] == 7.0
-    assert weights["content_weight"] == Gateway(Settings(), admin=False).router.policy()[1]["content_weight"]
+    assert name == "cost" and weights["content_weight"] == 7.0
+    assert weights["load_alpha"] == Gateway(Settings(), admin=False).router.policy()[1]["load_alpha"]
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--policy-weights", "recompute_weight"], ["command line", "'policy_weights'", "name=value"]),
-    (["--policy-weights", "recompute_weight=fast"], ["command line", "'policy_weights'"]),
+    (["--policy-weights", "content_weight"], ["command line", "'policy_weights'", "name=value"]),
+    (["--policy-weights", "content_weight=fast"], ["command line", "'policy_weights'"]),
     (["--policy-weights", "bogus=1"], ["'policy_weights'", "no weight \"bogus\""]),
-    (["--policy-weights", "recompute_weight=1000"], ["'policy_weights'", "outside"]),
-    (["--policy", "prefix_hash", "--policy-weights", "recompute_weight=1"], ["'policy_weights'", "prefix_hash"]),
+    (["--policy-weights", "content_weight=2000"], ["'policy_weights'", "outside"]),
+    (["--policy", "prefix_hash", "--policy-weights", "content_weight=1"], ["'policy_weights'", "prefix_hash"]),
 ])
 def test_policy_weight_errors_name_the_key(argv, words):
     with pytest.raises(ConfigError) as info:

@@ -64,7 +64,7 @@ def test_last_decision_reports_every_scorer_raw() -> None:
     assert set(by_id) == {"a", "b", "c"}
     assert [c["backend"] for c in last["candidates"] if c["chosen"]] == [second.backend_id]
     home = by_id[first.backend_id]
-    assert set(home["scores"]) == {"ttft", "cost", "prefix", "least_load", "least_inflight"}
+    assert set(home["scores"]) == set(kvroute.SCORERS)
     assert home["scores"]["prefix"] == pytest.approx(home["cached_tokens"] / second.prompt_tokens)
     assert home["scores"]["prefix"] > 0.9
     assert home["scores"]["least_inflight"] == 1.0
@@ -74,7 +74,7 @@ def test_last_decision_reports_every_scorer_raw() -> None:
 
 
 def test_each_policy_reports_its_own_scorers() -> None:
-    expect = {"round_robin": set(), "least_load": {"least_load"}, "cost": {"cost"}, "session": {"least_inflight"}}
+    expect = {"round_robin": set(), "least_load": {"least_load"}, "cost": {"cost", "externality"}, "session": {"least_inflight"}}
     for policy, scorers in expect.items():
         r = fleet(policy)
         routed(r.route(chat("x")))
@@ -96,7 +96,7 @@ def test_a_shed_decision_keeps_its_candidates_and_a_filtered_one_has_none() -> N
 
 
 def test_exported_names() -> None:
-    assert kvroute.SCORERS == ("ttft", "cost", "prefix", "least_load", "least_inflight")
+    assert kvroute.SCORERS == ("ttft", "cost", "externality", "prefix", "least_load", "least_inflight")
     assert "weighted" in kvroute.POLICIES and "weighted" in kvroute.BRANCHES
     assert Router("weighted").policy() == (
         "weighted", {"prefix": 1.0, "least_load": 1.5, "least_inflight": 0.0, "cost": 0.0}

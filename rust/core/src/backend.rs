@@ -30,6 +30,10 @@ pub struct Learned {
     /// Typical uncached prompt of a request here: the cost of one request in the engine's queue
     /// that this router did not send.
     pub mean_uncached: f64,
+    /// Requests waiting for their first token there, averaged over the router's decisions.
+    /// Arrivals see time averages (PASTA), so this is the engine's mean prefill queue length:
+    /// its utilisation, read without a clock.
+    pub mean_pending: f64,
     pub ttft_samples: u64,
     pub latency_samples: u64,
 }
@@ -52,6 +56,7 @@ impl Default for Learned {
             latency_ewma: PRIOR_LATENCY_S,
             overhead_s: PRIOR_OVERHEAD_S,
             mean_uncached: PRIOR_MEAN_UNCACHED,
+            mean_pending: 0.0,
             ttft_samples: 0,
             latency_samples: 0,
         }
@@ -82,6 +87,12 @@ impl Learned {
             let sample = (work as f64 / prefill_s).clamp(PRIOR_PREFILL_RATE / 100.0, PRIOR_PREFILL_RATE * 100.0);
             self.prefill_rate = ewma(self.prefill_rate, sample, alpha);
         }
+    }
+
+    /// Seconds one typical request occupies the engine's prefill: fixed cost plus its uncached
+    /// prompt.
+    pub fn mean_prefill_s(&self) -> f64 {
+        self.overhead_s + self.mean_uncached / self.prefill_rate
     }
 
     pub fn observe_release(
@@ -220,6 +231,12 @@ impl Backend {
     /// traffic) or ours, whichever is larger; ours is fresher, the engine's is more complete.
     pub fn queue_depth(&self) -> u64 {
         self.waiting.max(self.pending)
+    }
+
+    /// A decision saw this backend: sample its prefill queue (ours pending, others' waiting).
+    pub fn sample_load(&mut self, alpha: f64) {
+        let now = (self.pending + self.foreign_waiting) as f64;
+        self.learned.mean_pending = ewma(self.learned.mean_pending, now, alpha);
     }
 
     /// Our tickets past their first token: decoding there.

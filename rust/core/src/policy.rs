@@ -40,10 +40,9 @@ impl PolicyKind {
                 KvWeight,
                 KvKnee,
                 TieTolerance,
-                ExternalityWeight,
-                RecomputeWeight,
                 ContentWeight,
                 EwmaAlpha,
+                LoadAlpha,
             ],
             PolicyKind::PrefixHash => &[QueueThreshold],
             PolicyKind::Session => &[LoadFactor],
@@ -102,13 +101,14 @@ params! {
     KvWeight = "kv_weight", 0.5, 0.0, 100.0;
     KvKnee = "kv_knee", 0.8, 0.0, 0.999;
     // The `cost` scorer: the ttft plus what this placement costs other requests, in seconds.
-    ExternalityWeight = "externality_weight", 1.0, 0.0, 100.0;
-    RecomputeWeight = "recompute_weight", 3.0, 0.0, 100.0;
     ContentWeight = "content_weight", 100.0, 0.0, 1000.0;
     // The cost picker: relative width of a near-tie.
     TieTolerance = "tie_tolerance", 0.05, 0.0, 10.0;
     // Learning the backends' rates from outcomes.
     EwmaAlpha = "ewma_alpha", 0.2, 0.001, 1.0;
+    // Smoothing of each backend's mean number of requests waiting for a first token, sampled at
+    // every decision: a window of about 1/alpha arrivals.
+    LoadAlpha = "load_alpha", 0.02, 0.001, 1.0;
     // prefix_hash: queue depth at which affinity gives way to least load.
     QueueThreshold = "queue_threshold", 8.0, 0.0, 1e9;
     // session: bounded load, a backend's share of in-flight work above which a session spills.

@@ -360,25 +360,23 @@ fn spread_case(weights: &[(&str, f64)], on_cached: usize) -> Routed {
 }
 
 #[test]
-fn cost_counts_the_delay_a_recompute_imposes_on_waiting_requests() {
-    let greedy = [("externality_weight", 0.0), ("recompute_weight", 0.0)];
-    // Greedy on this request's TTFT alone: recompute the long prefix on the less busy backend.
-    let r = spread_case(&greedy, 6);
+fn cost_is_greedy_where_nothing_has_queued_yet() {
+    // No decision has seen a queue on either backend before this burst (the mean comes from the
+    // samples of the burst's own decisions, which a window of 1,000 decisions keeps near zero):
+    // the request goes where its first token comes soonest, recomputing the prefix.
+    let r = spread_case(&[("load_alpha", 0.001)], 6);
     assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b1", "cost:load_spread"));
-    // Counting the prefill's delay to the request already waiting there: stay with the cache.
-    let r = spread_case(&[("recompute_weight", 0.0)], 6);
-    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b0", "cost:cache_affinity"));
 }
 
 #[test]
-fn cost_charges_the_fleet_for_recomputing_a_prefix_held_elsewhere() {
-    // The recompute term alone keeps the request with its cache against a modest queue...
-    let r = spread_case(&[("externality_weight", 0.0)], 6);
+fn cost_prices_the_delay_its_prefill_adds_to_later_arrivals() {
+    // Each mean is the last sample: six requests waiting on b0, one on b1. Recomputing the prefix
+    // on b1 delays whoever arrives there next by its prefill, which outweighs the queue it avoids.
+    let r = spread_case(&[("load_alpha", 1.0)], 6);
     assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b0", "cost:cache_affinity"));
-    let r = spread_case(&[], 6);
-    assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b0", "cost:cache_affinity"));
-    // ...but not against a long one: with defaults, 40 requests queued there still send it away.
-    let r = spread_case(&[], 40);
+    // The cached request's own small prefill delays b0's later arrivals too, by as much as the
+    // queue there is long: against 40 waiting it goes elsewhere.
+    let r = spread_case(&[("load_alpha", 1.0)], 40);
     assert_eq!((r.backend_id.as_str(), r.branch.as_str()), ("b1", "cost:load_spread"));
 }
 

@@ -11,6 +11,9 @@ named_enum! {
         Ttft => "ttft",
         /// `ttft` plus the delay this placement imposes on other requests, in seconds (lower is better).
         Cost => "cost",
+        /// The part of `cost` that is the delay this request's prefill adds to later arrivals
+        /// there, in seconds (reported with `cost`; no policy reads it alone).
+        Externality => "externality",
         /// Fraction of the prompt that backend holds, 0..=1 (higher is better).
         Prefix => "prefix",
         /// `(waiting + in_flight + 1) × latency_ewma`, the seed router's queue score (lower is better).
@@ -32,59 +35,59 @@ impl Scorer {
             Scorer::LeastLoad => Some(Param::LeastLoadScore),
             Scorer::LeastInflight => Some(Param::LeastInflightScore),
             Scorer::Cost => Some(Param::CostScore),
-            Scorer::Ttft => None,
+            Scorer::Ttft | Scorer::Externality => None,
         }
     }
+}
+
+/// Seconds of prefill queued ahead of a new request on `b`. Our own tickets count as they are now;
+/// the engine's metrics only add what is not ours. A waiting queue means the engine's step token
+/// budget is taken by prefill (vLLM admits waiting requests while the budget lasts), not that its
+/// batch is full: the queue is the prefill work ahead.
+pub fn queue_s(b: &Backend) -> f64 {
+    let l = &b.learned;
+    (b.pending_tokens as f64 + b.foreign_waiting as f64 * l.mean_uncached) / l.prefill_rate
 }
 
 /// Predicted TTFT on `b` for a request with `uncached` tokens to prefill (see docs/routing.md).
 pub fn ttft(p: &Params, b: &Backend, uncached: u64) -> f64 {
     let l = &b.learned;
-    let rate = l.prefill_rate;
-    // Our own tickets count as they are now; the engine's metrics only add what is not ours.
-    let work_ahead = b.pending_tokens as f64 + b.foreign_waiting as f64 * l.mean_uncached;
-    // A waiting queue means the engine's step token budget is taken by prefill (vLLM admits
-    // waiting requests while the budget lasts), not that its batch is full: the queue is the
-    // prefill work ahead, already counted above.
-    let queue_s = work_ahead / rate;
     let decoding = (b.decoding() + b.foreign_running) as f64;
     let knee = p[Param::KvKnee];
     let pressure = ((b.kv_usage - knee) / (1.0 - knee)).clamp(0.0, 1.0);
     l.overhead_s
-        + p[Param::QueueWeight] * queue_s
-        + p[Param::PrefillWeight] * (uncached as f64 / rate)
+        + p[Param::QueueWeight] * queue_s(b)
+        + p[Param::PrefillWeight] * (uncached as f64 / l.prefill_rate)
         + p[Param::DecodeWeight] * decoding
         + p[Param::KvWeight] * pressure
 }
 
-/// What placing the request on one candidate costs beyond its own TTFT.
-pub struct Placement {
-    pub uncached: u64,
-    /// Tokens the best-holding candidate has cached and this one has not.
-    pub behind_best: u64,
-    /// For a prompt nobody holds: tokens of content this backend holds beyond the least-holding one.
-    pub excess_held: Option<u64>,
+/// The delay, summed over later arrivals on `b`, that `uncached` more tokens of prefill there
+/// cause, in seconds. The engine works its prefill queue off in order, so the extra `s` seconds
+/// of work delay every request that arrives before the queue next empties: those arriving while
+/// the present queue `q` drains wait `s` longer, those arriving while the extra work itself runs
+/// about `s / 2`. Arrivals come at `λ` per second, and a busy period from work `w` lasts
+/// `w / (1 − ρ)` at utilisation `ρ`; `λ / (1 − ρ) = L / m` with `L` the mean number of requests
+/// waiting there (sampled at decisions) and `m` a typical request's prefill time. So
+/// `externality = s × (q + s/2) × L / m`: nothing on an idle backend (greedy at low load), and
+/// growing with utilisation, protective near saturation. Recomputing a prefix another backend
+/// holds is priced here too, as the larger `s` it puts on the backend that recomputes.
+pub fn externality(b: &Backend, uncached: u64) -> f64 {
+    let l = &b.learned;
+    let s = uncached as f64 / l.prefill_rate;
+    s * (queue_s(b) + s / 2.0) * l.mean_pending / l.mean_prefill_s()
 }
 
-/// `cost = ttft + externality + placement`, in seconds.
-pub fn cost(p: &Params, b: &Backend, ttft_s: f64, at: &Placement) -> f64 {
-    let rate = b.learned.prefill_rate;
-    // The prefill also delays the requests still waiting for their first token there (chunked
-    // prefill shares each step): a greedy per-request choice ignores that and moves conversations
-    // off their cache too eagerly.
-    let externality = p[Param::ExternalityWeight] * b.pending as f64 * (at.uncached as f64 / rate);
-    let placement = match at.excess_held {
-        // Recomputing what another candidate already holds spends fleet prefill capacity that
-        // some later request pays for; the queue it avoids is a transient, estimated from lagging
-        // metrics.
-        None => p[Param::RecomputeWeight] * (at.behind_best as f64 / rate),
-        // Where a new prompt lands decides where its reuse will queue: requests follow their
-        // cache, and leaving it costs the recompute above. Sending prompts nobody holds to the
-        // backend holding the least keeps that future traffic even; the queue right now is a
-        // transient (and partly a lagging estimate), the content is the router's own.
-        Some(excess) => p[Param::ContentWeight] * (excess as f64 / rate),
-    };
-    ttft_s + externality + placement
+/// `cost = ttft + externality + placement`, in seconds. `excess_held`, for a prompt nobody holds:
+/// tokens of content this backend holds beyond the least-holding candidate.
+pub fn cost(p: &Params, b: &Backend, ttft_s: f64, externality_s: f64, excess_held: Option<u64>) -> f64 {
+    // Where a new prompt lands decides where its reuse will queue: requests follow their cache,
+    // and leaving it costs the externality of its recompute. Sending prompts nobody holds to the
+    // backend holding the least keeps that future traffic even; the queue right now is a
+    // transient (and partly a lagging estimate), the content is the router's own.
+    let placement =
+        excess_held.map_or(0.0, |excess| p[Param::ContentWeight] * (excess as f64 / b.learned.prefill_rate));
+    ttft_s + externality_s + placement
 }
 
 pub fn prefix(cached_tokens: u64, prompt_tokens: u64) -> f64 {

@@ -9,9 +9,9 @@
 use super::{Cand, LastDecision, Router, Ticket};
 use crate::admission::Tier;
 use crate::outcome::{Branch, Decision, Outcome, Reason, Rejected, Routed};
-use crate::policy::PolicyKind;
+use crate::policy::{Param, PolicyKind};
 use crate::request::Request;
-use crate::scorer::{self, Placement, Scorer};
+use crate::scorer::{self, Scorer};
 
 /// Why the filter left no candidate, with the retry hint and message the rejection carries.
 struct NoCandidate(Reason, f64, String);
@@ -108,6 +108,12 @@ impl Router {
         }
         self.matches = matches;
 
+        // Every decision is an arrival: it samples each candidate's prefill queue, so the means
+        // are time averages (PASTA) that the externality reads as utilisation.
+        let load_alpha = self.policy.params[Param::LoadAlpha];
+        for c in cands.iter() {
+            self.backend_mut(c.slot).sample_load(load_alpha);
+        }
         let kind = self.policy.kind;
         let wants = |s: Scorer| kind.scorers().contains(&s) && self.scorer_weighs(s);
         let (cost, prefix, load, inflight) =
@@ -122,13 +128,11 @@ impl Router {
             let ttft = scorer::ttft(p, b, uncached);
             c.raw[Scorer::Ttft as usize] = ttft;
             if cost {
-                let at = Placement {
-                    uncached,
-                    behind_best: best_cached - c.cached_tokens,
-                    excess_held: (best_cached == 0)
-                        .then(|| (self.held_blocks(c.slot) - least_held) * req.block_tokens as u64),
-                };
-                c.raw[Scorer::Cost as usize] = scorer::cost(p, b, ttft, &at);
+                let externality = scorer::externality(b, uncached);
+                let excess_held =
+                    (best_cached == 0).then(|| (self.held_blocks(c.slot) - least_held) * req.block_tokens as u64);
+                c.raw[Scorer::Externality as usize] = externality;
+                c.raw[Scorer::Cost as usize] = scorer::cost(p, b, ttft, externality, excess_held);
             }
             if prefix {
                 c.raw[Scorer::Prefix as usize] = scorer::prefix(c.cached_tokens, req.prompt_tokens);

@@ -36,6 +36,7 @@ impl Router {
                             kv("ttft_ewma_s", l.ttft_ewma),
                             kv("latency_ewma_s", l.latency_ewma),
                             kv("mean_uncached_tokens", l.mean_uncached),
+                            kv("mean_pending", l.mean_pending),
                             kv("ttft_samples", l.ttft_samples),
                             kv("latency_samples", l.latency_samples),
                         ]),
