@@ -183,7 +183,14 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
                 raise TypeError("a mapping")
             if value_type is float and any(isinstance(v, bool) for v in raw.values()):
                 raise TypeError("a mapping of names to numbers")
-            return {str(key): value_type(value) for key, value in raw.items()}
+            values = {}
+            for key, value in raw.items():
+                try:
+                    values[str(key)] = value_type(value)
+                except (TypeError, ValueError):
+                    raise TypeError(f"a mapping of names to {'numbers' if value_type is float else 'strings'} "
+                                    f"({key!r} is {value!r})") from None
+            return values
         if kind is bool:
             if isinstance(raw, bool):
                 return raw

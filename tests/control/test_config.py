@@ -93,7 +93,7 @@ def test_policy_weights_from_yaml_env_and_cli_reach_the_core(tmp_path):
 
 @pytest.mark.parametrize("argv, words", [
     (["--policy-weights", "content_weight"], ["command line", "'policy_weights'", "name=value"]),
-    (["--policy-weights", "content_weight=fast"], ["command line", "'policy_weights'"]),
+    (["--policy-weights", "content_weight=fast"], ["command line", "'policy_weights'", "names to numbers", "'content_weight' is 'fast'"]),
     (["--policy-weights", "bogus=1"], ["'policy_weights'", "no weight \"bogus\""]),
     (["--policy-weights", "content_weight=2000"], ["'policy_weights'", "outside"]),
     (["--policy", "prefix_hash", "--policy-weights", "content_weight=1"], ["'policy_weights'", "prefix_hash"]),
