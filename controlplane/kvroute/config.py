@@ -181,15 +181,15 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
                 raw = dict(pairs)
             if not isinstance(raw, dict):
                 raise TypeError("a mapping")
+            expected = "a mapping of names to " + ("numbers" if value_type is float else "strings")
             if value_type is float and any(isinstance(v, bool) for v in raw.values()):
-                raise TypeError("a mapping of names to numbers")
+                raise TypeError(expected)
             values = {}
             for key, value in raw.items():
                 try:
                     values[str(key)] = value_type(value)
                 except (TypeError, ValueError):
-                    raise TypeError(f"a mapping of names to {'numbers' if value_type is float else 'strings'} "
-                                    f"({key!r} is {value!r})") from None
+                    raise TypeError(f"{expected} ({key!r} is {value!r})") from None
             return values
         if kind is bool:
             if isinstance(raw, bool):
