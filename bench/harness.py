@@ -252,6 +252,10 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         # How the contender spread the work: prompt tokens and requests each backend received.
         "prompt_tokens": [a["vllm:prompt_tokens_total"] - b["vllm:prompt_tokens_total"] for a, b in zip(after, before)],
         "requests": [a["vllm:request_success_total"] - b["vllm:request_success_total"] for a, b in zip(after, before)],
+        # Prompt tokens each backend computed rather than found cached: where a shared prefix was prefilled.
+        "computed_tokens": [(a["vllm:prefix_cache_queries_total"] - b["vllm:prefix_cache_queries_total"])
+                            - (a["vllm:prefix_cache_hits_total"] - b["vllm:prefix_cache_hits_total"])
+                            for a, b in zip(after, before)],
     }
     names = ("gateway", "fleet", "loadgen")
     point.cpu = {"wall_s": wall_s, **{f"{n}_s": (c1 - c0) if c0 is not None and c1 is not None else None

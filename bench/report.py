@@ -144,6 +144,72 @@ def targets(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]])
     return lines
 
 
+def _worse_than(row: dict[str, dict[str, Cell]]) -> list[str]:
+    """Every (contender, metric) where cost is worse beyond the spread, spelled for a report line."""
+    out = []
+    for other, cells in sorted(row.items()):
+        if other in (COST, "direct"):
+            continue
+        for metric in COMPARED:
+            if compare(row[COST][metric], cells[metric], METRICS[metric][3]) == "worse":
+                title, scale, unit, _ = METRICS[metric]
+                out.append(f"{title} {row[COST][metric].text(scale)} vs {other} {cells[metric].text(scale)} {unit}")
+    return out
+
+
+def _slow_backend_share(points: list[dict[str, Any]]) -> tuple[bool, str]:
+    """hetero: backend 0 runs at half speed, so it must get less than an equal share of the requests."""
+    shares = [p["backend"]["requests"][0] / sum(p["backend"]["requests"]) for p in points if sum(p["backend"]["requests"])]
+    if not shares:
+        return False, "no backend counters"
+    share, fair = sum(shares) / len(shares), 1 / len(points[0]["backend"]["requests"])
+    return share < fair, f"the slow backend got {share:.0%} of the requests (an equal share is {fair:.0%})"
+
+
+def _prefix_copies(points: list[dict[str, Any]]) -> tuple[bool, str]:
+    """burst: the new prefix must be prefilled together, not once on every backend."""
+    copies = []
+    for p in points:
+        computed = p["backend"].get("computed_tokens")
+        if computed is None:
+            return False, "no per-backend computed tokens in this run (older harness)"
+        # A backend prefilled the prefix when it computed at least half of its length.
+        copies.append(sum(c >= p["params"]["prefix_tokens"] / 2 for c in computed))
+    if not copies:
+        return False, "no points"
+    instances = len(points[0]["backend"]["computed_tokens"])
+    return max(copies) < instances, f"the prefix was prefilled on {max(copies)} of {instances} backends"
+
+
+# The scenarios of issue 14, each with its pass rule: cost level with or better than every contender on
+# TTFT p50, p99 and throughput, plus the scenario's own check on how the work was placed.
+SCENARIO_CHECKS = {"hotspot": None, "stale": None, "hetero": _slow_backend_share, "burst": _prefix_copies}
+
+
+def scenario_rules(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]],
+                   points: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for (workload, mode), table in sorted(agg.items()):
+        if workload not in SCENARIO_CHECKS:
+            continue
+        for x, row in sorted(table.items()):
+            if COST not in row:
+                continue
+            problems = _worse_than(row)
+            check, said = SCENARIO_CHECKS[workload], ""
+            if check is not None:
+                mine = [p for p in points if p["workload"] == workload and p["mode"] == mode and p["x"] == x
+                        and p["contender"] == COST and not p.get("error")]
+                ok, said = check(mine)
+                if not ok:
+                    problems.append(said)
+            rivals = sum(1 for n in row if n not in (COST, "direct"))
+            verdict = "**pass**" if not problems else "**fail**: " + "; ".join(problems)
+            note = f" ({said})" if said and not problems else ""
+            lines.append(f"- scenario {workload}, {_axis(mode)} {x:g}, against {rivals} contenders: {verdict}{note}")
+    return lines
+
+
 WORKERS_TOLERANCE = 0.02  # issue 13: `serve --workers 4` keeps the hit rate of one worker within 2 points
 
 
@@ -185,9 +251,10 @@ def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", lev
     if meta["suite"] != "standard":
         out += ["This suite checks that the instrument works; its points are too small for the verdicts "
                 "below to mean anything. `--suite standard` makes the numbers to quote.", ""]
-    out += [f"{h}# Targets", ""] + targets(agg) + [""]
+    out += [f"{h}# Targets", ""] + targets(agg) + scenario_rules(agg, data["points"]) + [""]
     for (workload, mode), table in sorted(agg.items()):
-        sweep: dict[str, Any] = next((s for s in meta["sweeps"] if s["workload"] == workload and s["mode"] == mode), {})
+        sweep: dict[str, Any] = next((s for s in meta["sweeps"] if s["params"].get("name", s["workload"]) == workload
+                                      and s["mode"] == mode), {})
         names = _contenders(table, order)
         out += [f"{h}# {workload} ({'closed loop' if mode == 'closed' else 'open loop'})", ""]
         scale = sweep.get("time_scale") or fleet["time_scale"]
@@ -353,6 +420,48 @@ def write(data: dict[str, Any], out: Path) -> None:
 BEGIN, END = "<!-- bench:standard:begin -->", "<!-- bench:standard:end -->"
 
 
+HEADLINE_BEGIN, HEADLINE_END = "<!-- bench:headline:begin -->", "<!-- bench:headline:end -->"
+
+
+def headline(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One row per workload and load over several runs: the best contender on each compared metric
+    and cost's ratio to it (cost / best for TTFT, best / cost for throughput: above 1 is behind),
+    marked level when the two are within the spread."""
+    out = ["| workload | load | run | TTFT p50: best (ms) | cost × | TTFT p99: best (ms) | cost × | "
+           "throughput: best (req/s) | cost × |", "|---|---:|---|---|---:|---|---:|---|---:|"]
+    for run_name, data in runs:
+        for (workload, mode), table in sorted(aggregate(data["points"]).items()):
+            for x, row in sorted(table.items()):
+                if COST not in row:
+                    continue
+                cells = []
+                for metric in COMPARED:
+                    title, scale, unit, higher = METRICS[metric]
+                    rivals = {n: c[metric] for n, c in row.items() if n != "direct" and c[metric].ok}
+                    if COST not in rivals:
+                        cells += ["n/a", ""]
+                        continue
+                    best = (max if higher else min)(rivals, key=lambda n: rivals[n].mean)
+                    mine, top = rivals[COST].mean, rivals[best].mean
+                    ratio = top / mine if higher else mine / top
+                    verdict = compare(rivals[COST], rivals[best], higher)
+                    mark = f"**{ratio:.2f}**" if verdict == "worse" else f"{ratio:.2f}"
+                    cells += [f"{top * scale:.{2 if unit == 'req/s' else 0}f} {best}", mark]
+                axis = "c" if mode == "closed" else "×"
+                out.append(f"| {workload} | {axis}{x:g} | {run_name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def update_headline(runs: list[Path], doc: Path) -> None:
+    """The table that opens docs/benchmarks.md, from the runs named (each by its directory's name)."""
+    import json
+
+    loaded = [(run.name, json.loads((run / "results.json").read_text())) for run in runs]
+    text = doc.read_text()
+    start, end = text.index(HEADLINE_BEGIN) + len(HEADLINE_BEGIN), text.index(HEADLINE_END)
+    doc.write_text(text[:start] + "\n" + "\n".join(headline(loaded)) + "\n" + text[end:])
+
+
 def update_doc(run: Path, doc: Path) -> None:
     """Put a run's report into `doc` between the BEGIN/END markers, plots linked from the doc's folder."""
     import json
@@ -371,12 +480,19 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     parser = argparse.ArgumentParser(prog="python -m bench.report", description="rewrite a run's report")
-    parser.add_argument("run", type=Path, help="a results directory (holds results.json)")
-    parser.add_argument("--update-doc", type=Path, help="also put it into this document between its markers")
+    parser.add_argument("run", type=Path, nargs="+", help="results directories (each holds results.json)")
+    parser.add_argument("--update-doc", type=Path, help="also put the (one) run into this document between its markers")
+    parser.add_argument("--headline", type=Path, metavar="DOC",
+                        help="write the runs' best-contender table into DOC between its headline markers")
     args = parser.parse_args(argv)
-    write(json.loads((args.run / "results.json").read_text()), args.run)
+    if args.update_doc and len(args.run) != 1:
+        parser.error("--update-doc takes one run")
+    for run in args.run:
+        write(json.loads((run / "results.json").read_text()), run)
     if args.update_doc:
-        update_doc(args.run, args.update_doc)
+        update_doc(args.run[0], args.update_doc)
+    if args.headline:
+        update_headline(args.run, args.headline)
     return 0
 
 

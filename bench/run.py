@@ -51,6 +51,21 @@ class Sweep:
     # point, cleared after `fault_seconds` fleet seconds if that is > 0; the fleet restarts for them.
     faults: list[str] = field(default_factory=list)
     fault_seconds: float = 0.0
+    # A sweep's own fleet: another profile, or engine fields over the suite's (e.g. a KV pool the
+    # working set overflows); the fleet restarts for them.
+    profile: str | None = None
+    engine: dict[str, int | float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The name the report files the sweep under: `params["name"]` when two sweeps share a workload."""
+        return str(self.params.get("name", self.workload))
+
+    def fleet_shape(self, suite: "Suite") -> tuple[Any, ...]:
+        """What the fleet is started with; a sweep whose shape differs from the running fleet's restarts it."""
+        engine = {**suite.engine, **self.engine}
+        return (self.time_scale or suite.time_scale, tuple(self.faults), self.fault_seconds,
+                self.profile or suite.profile, tuple(sorted(engine.items())))
 
     def requests_at(self, x: float) -> int:
         return max(self.min_requests, min(self.max_requests, int(self.per_client * x)))
@@ -76,6 +91,9 @@ class Suite:
 
 
 CONCURRENCY = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+# Requests 1,993-3,992 of the shared trace: the window the cost model was tuned on (issue 14). Results
+# that matter are reported on windows outside it as well (`--trace-window`).
+TUNING_WINDOW = (1993, 2000)
 
 SUITES: dict[str, Suite] = {
     "standard": Suite(
@@ -90,7 +108,7 @@ SUITES: dict[str, Suite] = {
             # The trace's second half: its prefix reuse spans long stretches (the first 400 requests
             # share 5% of their blocks, the whole trace 64%, these 2,000 requests 69%); blocks cut to
             # 32 tokens, replayed 12-36x faster than recorded (the fleet saturates between 16x and 32x).
-            Sweep("trace", "open", [12, 18, 24, 36], params={"start": 1993, "limit": 2000, "length_scale": 1 / 16},
+            Sweep("trace", "open", [12, 18, 24, 36], params={"start": TUNING_WINDOW[0], "limit": TUNING_WINDOW[1], "length_scale": 1 / 16},
                   direct_max=0, repeats=1),
         ],
         repeats=2,
@@ -124,6 +142,24 @@ SUITES: dict[str, Suite] = {
         repeats=2,
         time_scale=2.0,
     ),
+    # The trace at real prompt lengths, where the working set overflows the fleet's KV pool so that
+    # eviction is real: 1/4 length on the L4 fleet (2.9M distinct prompt tokens in the tuning window
+    # against 4 x 594k of KV; context raised to 64k, which Qwen2.5 supports), and full length on H100s
+    # running Llama-3.1-8B (11.6M distinct tokens against 4 x 432k; prompts cut at 128k context).
+    "full": Suite(
+        "full",
+        sweeps=[
+            Sweep("trace", "open", [4, 8], params={"name": "trace-quarter", "start": TUNING_WINDOW[0],
+                                                   "limit": TUNING_WINDOW[1], "length_scale": 1 / 4},
+                  engine={"max_model_len": 65536}, direct_max=0),
+            Sweep("trace", "open", [2, 3], params={"name": "trace-full", "start": TUNING_WINDOW[0], "limit": 1000,
+                                                   "length_scale": 1.0, "output_scale": 1.0,
+                                                   "max_prompt_tokens": 130_000},
+                  profile="llama-3.1-8b-h100", direct_max=0),
+        ],
+        repeats=1,
+        time_scale=2.0,
+    ),
     "quick": Suite(
         "quick",
         sweeps=[
@@ -142,9 +178,10 @@ def exact_fleet(suite: Suite) -> bool:
     return suite.fleet == "sim" and any(contenders_mod.by_name(n).exact for n in suite.contenders)
 
 
-def make_fleet(suite: Suite, scale: float, logs: Path, faults: Sequence[str] = (), fault_seconds: float = 0.0) -> Any:
-    if faults and suite.fleet != "sim":
-        raise ValueError(f"scenario faults need the simulated fleet, not {suite.fleet!r}")
+def make_fleet(suite: Suite, scale: float, logs: Path, faults: Sequence[str] = (), fault_seconds: float = 0.0,
+               profile: str | None = None, engine: dict[str, int | float] | None = None) -> Any:
+    if (faults or profile or engine) and suite.fleet != "sim":
+        raise ValueError(f"scenario faults, profiles and engine fields need the simulated fleet, not {suite.fleet!r}")
     if suite.fleet == "remote":
         from bench.remote_fleet import RemoteFleet
 
@@ -158,7 +195,7 @@ def make_fleet(suite: Suite, scale: float, logs: Path, faults: Sequence[str] = (
             raise ValueError("a real vLLM fleet runs in real time (time scale 1)")
         return VllmFleet(suite.instances, logs)
     exact = exact_fleet(suite)
-    return FleetProc(suite.instances, suite.profile, scale, suite.seed, logs, engine=suite.engine,
+    return FleetProc(suite.instances, profile or suite.profile, scale, suite.seed, logs, engine=engine or suite.engine,
                      faults=faults, fault_seconds=fault_seconds,
                      tokenizer=sim_tokenizer.ensure() if exact else None, kv_events=exact)
 
@@ -211,7 +248,7 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
     requests_path = out / "raw" / "requests.jsonl"
     try:  # a fleet that half started must not outlive the run either
         await fleet.start()
-        fleet_shape: tuple[Any, ...] = (suite.time_scale, (), 0.0)
+        fleet_shape: tuple[Any, ...] = (suite.time_scale, (), 0.0, suite.profile, tuple(sorted(suite.engine.items())))
         meta = {
             "suite": suite.name,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -234,10 +271,11 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
         with open(requests_path, "w") as raw:
             for sweep in suite.sweeps:
                 scale = sweep.time_scale or suite.time_scale
-                shape = (scale, tuple(sweep.faults), sweep.fault_seconds)
+                shape = sweep.fleet_shape(suite)
                 if shape != fleet_shape:
                     await fleet.stop()
-                    fleet = make_fleet(suite, scale, logs, sweep.faults, sweep.fault_seconds)
+                    fleet = make_fleet(suite, scale, logs, sweep.faults, sweep.fault_seconds, sweep.profile,
+                                       {**suite.engine, **sweep.engine})
                     await fleet.start()
                     fleet_shape = shape
                 for repeat in range(sweep.repeats or suite.repeats):
@@ -247,7 +285,7 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                         names = [n for n in suite.contenders if n != "direct" or x <= sweep.direct_max]
                         shift = repeat % len(names)
                         for name in names[shift:] + names[:shift]:
-                            label = f"{sweep.workload} {sweep.mode} x={x:g} r{repeat} {name}"
+                            label = f"{sweep.label} {sweep.mode} x={x:g} r{repeat} {name}"
                             point, results = await run_point(
                                 fleet, contenders_mod.by_name(name), work, mode=sweep.mode, x=x, repeat=repeat,
                                 seed=seed, time_scale=scale, log_dir=logs, progress_label=label,
@@ -280,7 +318,19 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _window(text: str) -> tuple[int, int]:
+    start, sep, count = text.partition(":")
+    try:
+        window = (int(start), int(count))
+    except ValueError:
+        window = (-1, -1)
+    if not sep or window[0] < 0 or window[1] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected START:COUNT, START >= 0 and COUNT >= 1 (e.g. 0:1992)")
+    return window
+
+
+def configure(argv: Sequence[str] | None = None) -> tuple[Suite, Path]:
+    """The suite the command line asks for (a copy: SUITES stays as defined) and its results directory."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument("--out", type=Path, help="results directory (default bench/results/<suite>-<time>)")
@@ -290,19 +340,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="repeats per point")
     parser.add_argument("--max-requests", type=int, help="cap on requests per point (smaller, faster runs)")
     parser.add_argument("--time-scale", type=float, help="simulated clock speed-up (default: the suite's)")
+    parser.add_argument("--trace-window", type=_window, metavar="START:COUNT",
+                        help="replay requests START..START+COUNT-1 of the trace in every trace sweep (the tuning "
+                        f"window is {TUNING_WINDOW[0]}:{TUNING_WINDOW[1]})")
+    parser.add_argument("--seed", type=int, help="first seed (repeat r uses seed+r; default the suite's, 0)")
     parser.add_argument("--keepalive", action="store_true", help="reuse client connections (see Suite.keepalive)")
     parser.add_argument("--fleet-urls", help="comma-separated base URLs of an already running OpenAI-compatible "
                         "fleet to run against instead of the simulated one (real time: time scale 1)")
     args = parser.parse_args(argv)
 
     suite = dataclasses.replace(SUITES[args.suite])
-    suite.sweeps = [dataclasses.replace(s) for s in suite.sweeps]
+    suite.sweeps = [dataclasses.replace(s, params=dict(s.params)) for s in suite.sweeps]
     if args.contenders:
         suite.contenders = [contenders_mod.by_name(n.strip()).name for n in args.contenders.split(",")]
     if args.workloads:
         keep = {w.strip() for w in args.workloads.split(",")}
-        suite.sweeps = [s for s in suite.sweeps if s.workload in keep]
+        suite.sweeps = [s for s in suite.sweeps if s.workload in keep or s.label in keep]
+        if not suite.sweeps:
+            parser.error(f"--workloads: none of {', '.join(sorted(keep))} is in suite {suite.name}")
+    if args.seed is not None:
+        suite.seed = args.seed
     for sweep in suite.sweeps:
+        if args.trace_window and sweep.workload == "trace":
+            sweep.params.update(start=args.trace_window[0], limit=args.trace_window[1])
         if args.points:
             sweep.points = [float(p) for p in args.points.split(",")]
         if args.repeats is not None:
@@ -334,7 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite.fleet, suite.instances, suite.time_scale = "remote", len(suite.fleet_urls), 1.0
         for sweep in suite.sweeps:
             sweep.time_scale = None
-    out = args.out or RESULTS / f"{suite.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return suite, args.out or RESULTS / f"{suite.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    suite, out = configure(argv)
     import uvloop
 
     uvloop.run(run_suite(suite, out))

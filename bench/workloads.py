@@ -162,7 +162,7 @@ def _block_words(hash_id: int, tokens: int, seed: int) -> list[str]:
 
 def trace(model: str, *, path: Path = MOONCAKE_TRACE, seed: int = 0, limit: int | None = None,
           start: int = 0, length_scale: float = 1.0, output_scale: float | None = None,
-          speedup: float = 1.0, max_prompt_tokens: int | None = None) -> Workload:
+          speedup: float = 1.0, max_prompt_tokens: int | None = None, name: str = "trace") -> Workload:
     """Replay of a Mooncake-format trace through /v1/completions (the prompt is sent as is).
 
     Every hash id becomes a deterministic block of text; `length_scale` shrinks the blocks (0.0625:
@@ -179,6 +179,8 @@ def trace(model: str, *, path: Path = MOONCAKE_TRACE, seed: int = 0, limit: int 
             if limit is not None and len(rows) >= limit:
                 break
             rows.append(json.loads(line))
+    if not rows:
+        raise ValueError(f"trace {path}: no request at or after number {start}")
     out_scale = length_scale if output_scale is None else output_scale
     block = max(1, round(TRACE_BLOCK_TOKENS * length_scale))
     specs, arrivals = [], []
@@ -206,7 +208,7 @@ def trace(model: str, *, path: Path = MOONCAKE_TRACE, seed: int = 0, limit: int 
                 "ignore_eos": True, "temperature": 0.0}
         specs.append(RequestSpec("completions", body, tag=f"h{row['hash_ids'][0] if row['hash_ids'] else -1}"))
         arrivals.append((row["timestamp"] - t0) / 1000.0 / speedup)
-    return Workload("trace", specs, arrivals, params=dict(path=str(path), seed=seed, start=start,
+    return Workload(name, specs, arrivals, params=dict(path=str(path), seed=seed, start=start,
                                                           requests=len(specs), length_scale=length_scale,
                                                           block_tokens=block, output_scale=out_scale,
                                                           speedup=speedup, max_prompt_tokens=max_prompt_tokens,

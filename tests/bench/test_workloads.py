@@ -97,3 +97,8 @@ def test_trace_blocks_share_text_as_ids_share(tmp_path: Path) -> None:
 def test_mooncake_trace_is_read_in_place() -> None:
     w = workloads.trace("m", limit=5, length_scale=1 / 16)
     assert workloads.MOONCAKE_TRACE.parent.name == "workloads" and len(w.requests) == 5
+
+
+def test_a_window_past_the_trace_end_is_refused() -> None:
+    with pytest.raises(ValueError, match="no request at or after number 100000"):
+        workloads.trace("m", start=100_000, limit=5)
