@@ -80,7 +80,7 @@ class Suite:
     instances: int = 4
     profile: str = "qwen2.5-1.5b-l4"
     engine: dict[str, int | float] = field(default_factory=dict)
-    contenders: list[str] = field(default_factory=lambda: list(ALL_CONTENDERS))
+    contenders: list[str] = field(default_factory=lambda: list(RIVALS))
     seed: int = 0
     # A fresh client connection per request, for every contender: the SGLang gateway 0.3.2 does not set
     # TCP_NODELAY, so on a reused connection its first stream chunks wait ~40 ms for the client's
@@ -91,6 +91,11 @@ class Suite:
 
 
 CONCURRENCY = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+# The rivals a suite runs unless --contenders says otherwise: kvroute's cost policy and its two
+# baselines, each peer gateway's cache-aware policy and its best load-only one (issue 14), and the
+# single-backend floor. The other peer policies stay available by name.
+RIVALS = ["kvroute:cost", "kvroute:round_robin", "kvroute:prefix_hash", "sglang:cache_aware", "smg:cache_aware",
+          "smg:least_load", "vllm-router:cache_aware", "vllm-router:power_of_two", "direct"]
 # Requests 1,993-3,992 of the shared trace: the window the cost model was tuned on (issue 14). Results
 # that matter are reported on windows outside it as well (`--trace-window`).
 TUNING_WINDOW = (1993, 2000)
