@@ -58,18 +58,41 @@ PEER_FLAGS = {"sglang": ("--log-level", "warn"), "smg": ("--log-level", "warn"),
               "vllm-router": ("--log-level", "warning")}
 
 
-def kvroute(policy: str, *, exact: bool = False, workers: int = 1) -> Contender:
-    """`kvroute:<policy>[+exact][:w<N>]`: `+exact` routes on the exact cache view (`--tokenizer` with
-    the fleet's model directory, `--kv-events-endpoints` with its publishers), `:wN` runs
-    `serve --workers N`; without them, the byte view and one worker."""
-    name = f"kvroute:{policy}" + ("+exact" if exact else "") + (f":w{workers}" if workers != 1 else "")
+def kvroute(policy: str, *, exact: bool = False, workers: int = 1,
+            weights: Sequence[tuple[str, float]] = ()) -> Contender:
+    """`kvroute:<policy>[+exact][:w<N>][@<weight>=<value>...]`: `+exact` routes on the exact cache view
+    (`--tokenizer` with the fleet's model directory, `--kv-events-endpoints` with its publishers), `:wN`
+    runs `serve --workers N`, each `@name=value` sets one of the policy's weights (`--policy-weights`);
+    without them, the byte view, one worker and the default weights."""
+    name = (f"kvroute:{policy}" + ("+exact" if exact else "") + (f":w{workers}" if workers != 1 else "")
+            + "".join(f"@{k}={v:g}" for k, v in weights))
     flags = KVROUTE_FLAGS + (("--workers", str(workers)) if workers != 1 else ())
+    if weights:
+        flags += ("--policy-weights", ",".join(f"{k}={v!r}" for k, v in weights))
     return Contender(name, "kvroute", policy, flags, exact=exact, workers=workers)
 
 
+def _weights(spec: str, policy: str, given: list[str]) -> list[tuple[str, float]]:
+    from kvroute.reference import POLICY_WEIGHTS
+
+    out = []
+    for item in given:
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value) if sep else float("nan")
+        except ValueError:
+            number = float("nan")
+        if key not in POLICY_WEIGHTS[policy] or number != number:
+            raise ValueError(f"kvroute contender {spec!r}: '@{item}' is not <weight>=<number> with a weight of "
+                             f"{policy} ({', '.join(POLICY_WEIGHTS[policy]) or 'it has none'})")
+        out.append((key, number))
+    return out
+
+
 def parse_kvroute(spec: str) -> Contender:
-    """The part after `kvroute:`, e.g. `cost`, `cost+exact`, `cost:w4`, `cost+exact:w4`."""
-    head, _, tail = spec.partition(":")
+    """The part after `kvroute:`, e.g. `cost`, `cost+exact`, `cost:w4`, `cost+exact:w4`, `cost@content_weight=0`."""
+    spec_weights, *given = spec.split("@")
+    head, _, tail = spec_weights.partition(":")
     policy, _, feature = head.partition("+")
     if policy not in KVROUTE_POLICIES or feature not in ("", "exact"):
         raise ValueError(f"unknown kvroute contender {spec!r} (<policy>[+exact][:w<N>], policy one of "
@@ -79,7 +102,7 @@ def parse_kvroute(spec: str) -> Contender:
         if not (tail.startswith("w") and tail[1:].isdigit() and int(tail[1:]) >= 1):
             raise ValueError(f"unknown kvroute contender {spec!r}: after the policy, :w<N> (workers)")
         workers = int(tail[1:])
-    return kvroute(policy, exact=feature == "exact", workers=workers)
+    return kvroute(policy, exact=feature == "exact", workers=workers, weights=_weights(spec, policy, given))
 
 
 def peer(kind: str, policy: str) -> Contender:

@@ -201,8 +201,9 @@ class Point:
 async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workload: Workload, *, mode: str,
                     x: float, repeat: int, seed: int, time_scale: float, log_dir: Path,
                     open_rate: float | None = None, progress_label: str = "",
-                    keepalive: bool = False) -> tuple[Point, list[loadgen.Result]]:
-    """Cold caches, a fresh gateway, one load run; failures are recorded on the point, not raised."""
+                    keepalive: bool = False, warmup: Workload | None = None) -> tuple[Point, list[loadgen.Result]]:
+    """Cold caches, a fresh gateway, one load run; failures are recorded on the point, not raised.
+    `warmup` runs through the same gateway first, unmeasured: the point then starts on warm caches."""
     point = Point(workload.name, mode, x, repeat, seed, contender.name,
                   params={**workload.params, "time_scale": time_scale})
     results: list[loadgen.Result] = []
@@ -213,6 +214,12 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         point.error = f"start failed: {exc}"
         return point, results
     try:
+        if warmup is not None:
+            # At least 8 at once: a warm-up only has to reach the caches, not be measured.
+            await loadgen.run_closed_loop(running.base_url, warmup.requests, max(8, int(x)),
+                                          loadgen.ProgressBar(len(warmup.requests), progress_label + " warm-up"),
+                                          keepalive=keepalive)
+            point.params["warmup_requests"] = len(warmup.requests)
         before = await scrape(fleet.urls)
         gw_pid = running.child.proc.pid if running.child and running.child.proc else None
         cpu0 = (cpu_seconds(gw_pid), cpu_seconds(fleet.pid()), time.process_time())

@@ -51,10 +51,12 @@ def _chat(model: str, messages: list[dict[str, str]], max_tokens: int, tag: str)
 
 def blog(model: str, requests: int, *, seed: int = 0, system_prompts: int = 8, system_tokens: int = 1000,
          question_tokens: tuple[int, int] = (16, 48), output_tokens: int = 64,
-         hot_share: float | None = None, name: str = "blog") -> Workload:
+         hot_share: float | None = None, name: str = "blog", question_seed: int | None = None) -> Workload:
     """The experiment kvroute descends from: a few long shared system prompts, short user questions.
 
     Each request picks one of the system prompts uniformly at random; questions are all different.
+    `question_seed` draws the picks and questions from a stream of their own: the same system prompts
+    with other questions (a warm-up pass that fills the caches without answering the measured ones).
     `hot_share` makes it the hot-spot scenario: system prompt 0 takes that share of the requests,
     the others split the rest evenly (affinity alone would pile the hot one onto one backend).
     """
@@ -62,6 +64,8 @@ def blog(model: str, requests: int, *, seed: int = 0, system_prompts: int = 8, s
         raise ValueError(f"hot_share {hot_share} needs 0..1 and at least two system prompts")
     rng = random.Random(seed)
     systems = [f"You are assistant {i}." + words(rng, system_tokens - 4) for i in range(system_prompts)]
+    if question_seed is not None:
+        rng = random.Random(f"{seed}/{question_seed}")
     specs = []
     for _ in range(requests):
         if hot_share is None:

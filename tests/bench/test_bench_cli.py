@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import run
+from bench import contenders, run
 
 
 def test_trace_window_and_seed_reach_every_trace_sweep() -> None:
@@ -43,3 +43,17 @@ def test_bad_values_are_refused_with_the_reason(argv: list[str], said: str, caps
     with pytest.raises(SystemExit) as exit_:
         run.configure(argv)
     assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_kvroute_contender_carries_its_weights_to_serve() -> None:
+    c = contenders.by_name("kvroute:cost+exact:w2@content_weight=0@load_alpha=0.05")
+    assert (c.name, c.exact, c.workers) == ("kvroute:cost+exact:w2@content_weight=0@load_alpha=0.05", True, 2)
+    assert c.flags[-2:] == ("--policy-weights", "content_weight=0.0,load_alpha=0.05")
+    assert contenders.by_name("kvroute:cost").flags == contenders.KVROUTE_FLAGS
+
+
+@pytest.mark.parametrize("spec", ["kvroute:cost@nope=1", "kvroute:cost@content_weight=x",
+                                  "kvroute:cost@content_weight", "kvroute:round_robin@queue_weight=1"])
+def test_a_weight_the_policy_lacks_or_without_a_number_is_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="is not <weight>=<number> with a weight of"):
+        contenders.by_name(spec)

@@ -18,7 +18,7 @@ def test_quick_suite_writes_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "bench.run", "--suite", "quick", "--out", str(out),
             "--workloads", "blog,trace", "--points", "2", "--max-requests", "4",
-            "--contenders", "kvroute:round_robin,kvroute:cost"]
+            "--contenders", "kvroute:round_robin,kvroute:cost@content_weight=50"]
     done = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -26,7 +26,10 @@ def test_quick_suite_writes_report(tmp_path: Path) -> None:
     points = data["points"]
     assert {(p["workload"], p["mode"], p["contender"]) for p in points} == {
         (w, m, c) for w, m in (("blog", "closed"), ("trace", "open"))
-        for c in ("kvroute:round_robin", "kvroute:cost")}
+        for c in ("kvroute:round_robin", "kvroute:cost@content_weight=50")}
+    # The weighted contender's gateway started with its weight (else its points would hold an error).
+    (weighted,) = [c for c in data["meta"]["contenders"] if c["name"].endswith("@content_weight=50")]
+    assert weighted["flags"][-2:] == ["--policy-weights", "content_weight=50.0"]
     for p in points:
         assert p["error"] is None
         assert p["summary"]["requests"] == 4 and p["summary"]["ok"] == 4, p
