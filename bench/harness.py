@@ -215,8 +215,8 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         return point, results
     try:
         if warmup is not None:
-            # At least 8 at once: a warm-up only has to reach the caches, not be measured.
-            await loadgen.run_closed_loop(running.base_url, warmup.requests, max(8, int(x)),
+            # At least 32 at once: a warm-up only has to reach the caches, not be measured.
+            await loadgen.run_closed_loop(running.base_url, warmup.requests, max(32, int(x)),
                                           loadgen.ProgressBar(len(warmup.requests), progress_label + " warm-up"),
                                           keepalive=keepalive)
             point.params["warmup_requests"] = len(warmup.requests)

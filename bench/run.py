@@ -55,9 +55,9 @@ class Sweep:
     # working set overflows); the fleet restarts for them.
     profile: str | None = None
     engine: dict[str, int | float] = field(default_factory=dict)
-    # Warm caches: before each point the same workload with other questions (`question_seed`) runs
-    # through the contender unmeasured (blog-shaped workloads only).
-    warm: bool = False
+    # Warm caches: before each point this many requests of the same workload with other questions
+    # (`question_seed`) run through the contender unmeasured (blog-shaped workloads only); 0: cold.
+    warm_requests: int = 0
 
     @property
     def label(self) -> str:
@@ -108,19 +108,22 @@ SUITES: dict[str, Suite] = {
         "standard",
         sweeps=[
             # At least 32 requests a point: with fewer, p50 flips between a cache hit's and a miss's TTFT.
-            Sweep("blog", "closed", CONCURRENCY, per_client=4, min_requests=32, max_requests=256),
-            # The blog experiment on warm caches: every system prompt already sits on the fleet (and in
-            # the router's view) from an unmeasured pass with other questions.
+            Sweep("blog", "closed", [1, 4, 8, 16, 32, 64], per_client=4, min_requests=32, max_requests=256),
+            # The blog experiment on warm caches, as a long-running fleet has them: full. 64 system
+            # prompts of 1,000 tokens against 2,048 KV blocks (32k tokens) a backend, and an unmeasured
+            # pass of 256 requests first: one backend holds about half of them, the fleet all of them
+            # once, where spreading every prompt everywhere evicts.
             Sweep("blog", "closed", [1, 32], per_client=4, min_requests=32, max_requests=128,
-                  params={"name": "blog-warm"}, warm=True),
+                  params={"name": "blog-warm", "system_prompts": 64}, warm_requests=256,
+                  engine={"num_gpu_blocks": 2048}, repeats=1),
             Sweep("gsp", "closed", [8, 32], per_client=8, min_requests=96, max_requests=256,
                   params={"scale": 0.25}),
             Sweep("multiturn", "closed", [8, 32], params={"conversations": 32, "turns": 5},
                   min_requests=160, max_requests=160),
             # The trace's second half: its prefix reuse spans long stretches (the first 400 requests
             # share 5% of their blocks, the whole trace 64%, these 2,000 requests 69%); blocks cut to
-            # 32 tokens, replayed 12-36x faster than recorded (the fleet saturates between 16x and 32x).
-            Sweep("trace", "open", [12, 18, 24, 36], params={"start": TUNING_WINDOW[0], "limit": TUNING_WINDOW[1], "length_scale": 1 / 16},
+            # 32 tokens, replayed 18-36x faster than recorded (the fleet saturates between 16x and 32x).
+            Sweep("trace", "open", [18, 24, 36], params={"start": TUNING_WINDOW[0], "limit": TUNING_WINDOW[1], "length_scale": 1 / 16},
                   direct_max=0, repeats=1),
         ],
         repeats=2,
@@ -212,18 +215,21 @@ def make_fleet(suite: Suite, scale: float, logs: Path, faults: Sequence[str] = (
                      tokenizer=sim_tokenizer.ensure() if exact else None, kv_events=exact)
 
 
-def build_workload(sweep: Sweep, model: str, x: float, seed: int, **extra: Any) -> workloads.Workload:
+def build_workload(sweep: Sweep, model: str, x: float, seed: int, requests: int | None = None,
+                   **extra: Any) -> workloads.Workload:
+    """The workload of one point; `requests` overrides the sweep's count (a warm-up's)."""
     params = {**sweep.params, **extra}
+    count = requests or sweep.requests_at(x)
     if sweep.workload == "blog":
-        return workloads.blog(model, sweep.requests_at(x), seed=seed, **params)
+        return workloads.blog(model, count, seed=seed, **params)
     if sweep.workload == "gsp":
-        return workloads.gsp(model, seed=seed, limit=sweep.requests_at(x), **params)
+        return workloads.gsp(model, seed=seed, limit=count, **params)
     if sweep.workload == "multiturn":
         return workloads.multiturn(model, seed=seed, **params)
     if sweep.workload in ("hetero", "stale"):  # the blog experiment on a fleet with a fault
-        return workloads.blog(model, sweep.requests_at(x), seed=seed, name=sweep.workload, **params)
+        return workloads.blog(model, count, seed=seed, name=sweep.workload, **params)
     if sweep.workload == "hotspot":
-        return workloads.hotspot(model, sweep.requests_at(x), seed=seed, **params)
+        return workloads.hotspot(model, count, seed=seed, **params)
     if sweep.workload == "burst":  # all at once: the point is only a label
         return workloads.burst(model, seed=seed, **params)
     if sweep.workload == "trace":
@@ -294,7 +300,8 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                     seed = suite.seed + repeat
                     for x in sweep.points:
                         work = build_workload(sweep, fleet.model, x, seed)
-                        warmup = build_workload(sweep, fleet.model, x, seed, question_seed=1) if sweep.warm else None
+                        warmup = (build_workload(sweep, fleet.model, x, seed, requests=sweep.warm_requests,
+                                                 question_seed=1) if sweep.warm_requests else None)
                         names = [n for n in suite.contenders if n != "direct" or x <= sweep.direct_max]
                         shift = repeat % len(names)
                         for name in names[shift:] + names[:shift]:
@@ -383,6 +390,7 @@ def configure(argv: Sequence[str] | None = None) -> tuple[Suite, Path]:
         if args.max_requests is not None:
             sweep.max_requests = args.max_requests
             sweep.min_requests = min(sweep.min_requests, args.max_requests)
+            sweep.warm_requests = min(sweep.warm_requests, args.max_requests)
             if sweep.workload == "trace":
                 sweep.params["limit"] = min(sweep.params.get("limit", args.max_requests), args.max_requests)
     if args.repeats is not None:

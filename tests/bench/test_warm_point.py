@@ -34,11 +34,12 @@ def test_a_warm_point_starts_on_cached_system_prompts(tmp_path: Path) -> None:
     (point,) = json.loads((out / "results.json").read_text())["points"]
     assert point["error"] is None and point["params"]["warmup_requests"] == 12
     assert sum(point["backend"]["requests"]) == 12  # the warm-up is not counted
-    warmed = {r.tag for r in workloads.blog("m", 12, seed=0, question_seed=1).requests}
+    warmed = {r.tag for r in workloads.blog("m", 12, seed=0, question_seed=1, system_prompts=64).requests}
     firsts: dict[str, dict] = {}
     for line in (out / "raw" / "requests.jsonl").read_text().splitlines():
         record = json.loads(line)
         firsts.setdefault(record["tag"], record)
+    assert point["params"]["system_prompts"] == 64
     # A system prompt the warm-up sent is cached on its first measured request; one it did not, is not.
     assert any(r["cached_tokens"] > 900 for tag, r in firsts.items() if tag in warmed)
     assert all(r["cached_tokens"] < 100 for tag, r in firsts.items() if tag not in warmed)
