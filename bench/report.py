@@ -253,8 +253,10 @@ def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", lev
              f"below is in the fleet's time (wall seconds × the scale)" if fleet.get("kind", "sim") == "sim" else
              f"- fleet: {fleet['instances']} × {fleet['profile']} (real time)"),
             "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+            "- contenders, each started by the bench with its policy and these flags (defaults otherwise): "
+            + "; ".join(f"`{c['name']}` {' '.join(c.get('flags') or []) or '(none)'}" for c in meta["contenders"]),
             f"- repeats per point: {meta['repeats']} (cells: mean ±half-range)", ""]
-    if meta["suite"] != "standard":
+    if meta["suite"] == "quick":
         out += ["This suite checks that the instrument works; its points are too small for the verdicts "
                 "below to mean anything. `--suite standard` makes the numbers to quote.", ""]
     out += [f"{h}# Targets", ""] + targets(agg) + scenario_rules(agg, data["points"]) + [""]
@@ -266,7 +268,9 @@ def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", lev
         scale = sweep.get("time_scale") or fleet["time_scale"]
         params: dict[str, Any] = next((p["params"] for p in data["points"] if p["workload"] == workload and p["mode"] == mode), {})
         shown = {k: v for k, v in params.items() if k not in ("path", "speedup", "time_scale")}
-        out += [f"simulated clock ×{scale:g}; workload: " + ", ".join(
+        own_fleet = "".join([f"; profile `{sweep['profile']}`" if sweep.get("profile") else "",
+                             f"; engine {sweep['engine']}" if sweep.get("engine") else ""])
+        out += [f"simulated clock ×{scale:g}{own_fleet}; workload: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), ""]
         if mode == "open":
             offered = sorted({(p["x"], p["params"]["requests"] / p["params"]["span_s"]) for p in data["points"]
