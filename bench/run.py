@@ -167,7 +167,7 @@ SUITES: dict[str, Suite] = {
             Sweep("trace", "open", [4, 8], params={"name": "trace-quarter", "start": TUNING_WINDOW[0],
                                                    "limit": TUNING_WINDOW[1], "length_scale": 1 / 4},
                   engine={"max_model_len": 65536}, direct_max=0),
-            Sweep("trace", "open", [2, 3], params={"name": "trace-full", "start": TUNING_WINDOW[0], "limit": 1000,
+            Sweep("trace", "open", [1, 2], params={"name": "trace-full", "start": TUNING_WINDOW[0], "limit": 1000,
                                                    "length_scale": 1.0, "output_scale": 1.0,
                                                    "max_prompt_tokens": 130_000},
                   profile="llama-3.1-8b-h100", direct_max=0),
