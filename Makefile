@@ -110,8 +110,9 @@ wrk:
 bench-overhead: venv wrk
 	$(BIN)/python -m bench.overhead.run $(OVERHEAD_ARGS)
 
-# The trace at 1/4 and full prompt length on fleets whose KV pool it overflows (about 15 min per
-# window with the issue's contenders; BENCH_FULL_ARGS="--trace-window 0:1992 --seed 3" for another).
+# The trace at 1/4 and full prompt length on fleets whose KV pool it overflows: about 45 min with the
+# 8 default rivals (estimated from the protocol runs' per-contender times, not run whole here);
+# BENCH_FULL_ARGS="--trace-window 0:1992 --seed 3 --contenders ..." for another window or fewer rivals.
 bench-full: venv
 	$(BIN)/python -m bench.run --suite full $(BENCH_FULL_ARGS)
 
