@@ -131,17 +131,12 @@ def targets(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]])
         for x, row in sorted(table.items()):
             if COST not in row:
                 continue
-            for other, cells in row.items():
-                if other in (COST, "direct"):
-                    continue
-                for metric in COMPARED:
-                    checked += 1
-                    verdict = compare(row[COST][metric], cells[metric], METRICS[metric][3])
-                    if verdict == "worse":
-                        title, scale, unit, _ = METRICS[metric]
-                        misses.append(f"  - {workload}, {_axis(mode)} {x:g}, {title}: cost "
-                                      f"{row[COST][metric].text(scale)} {unit} vs {other} "
-                                      f"{cells[metric].text(scale)} {unit}")
+            checked += sum(other not in (COST, "direct") for other in row) * len(COMPARED)
+            for other, metric in _losses(row, list(row)):
+                title, scale, unit, _ = METRICS[metric]
+                misses.append(f"  - {workload}, {_axis(mode)} {x:g}, {title}: cost "
+                              f"{row[COST][metric].text(scale)} {unit} vs {other} "
+                              f"{row[other][metric].text(scale)} {unit}")
     lines.extend(_workers_target(agg))
     lines.append(f"- cost at least as good as every other router within the spread (ranges overlap, or means "
                  f"within {RESOLUTION:.0%}): {checked - len(misses)} of "
@@ -150,16 +145,18 @@ def targets(agg: dict[tuple[str, str], dict[float, dict[str, dict[str, Cell]]]])
     return lines
 
 
+def _losses(row: dict[str, dict[str, Cell]], others: list[str]) -> list[tuple[str, str]]:
+    """Every (contender, metric), in the order of `others`, where cost is worse beyond the spread."""
+    return [(other, metric) for other in others if other not in (COST, "direct") for metric in COMPARED
+            if compare(row[COST][metric], row[other][metric], METRICS[metric][3]) == "worse"]
+
+
 def _worse_than(row: dict[str, dict[str, Cell]]) -> list[str]:
-    """Every (contender, metric) where cost is worse beyond the spread, spelled for a report line."""
+    """Cost's losses in a row, spelled for a scenario's report line."""
     out = []
-    for other, cells in sorted(row.items()):
-        if other in (COST, "direct"):
-            continue
-        for metric in COMPARED:
-            if compare(row[COST][metric], cells[metric], METRICS[metric][3]) == "worse":
-                title, scale, unit, _ = METRICS[metric]
-                out.append(f"{title} {row[COST][metric].text(scale)} vs {other} {cells[metric].text(scale)} {unit}")
+    for other, metric in _losses(row, sorted(row)):
+        title, scale, unit, _ = METRICS[metric]
+        out.append(f"{title} {row[COST][metric].text(scale)} vs {other} {row[other][metric].text(scale)} {unit}")
     return out
 
 
@@ -446,7 +443,7 @@ def headline(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
                     continue
                 cells = []
                 for metric in COMPARED:
-                    title, scale, unit, higher = METRICS[metric]
+                    _, scale, unit, higher = METRICS[metric]
                     rivals = {n: c[metric] for n, c in row.items() if n != "direct" and c[metric].ok}
                     if COST not in rivals:
                         cells += ["n/a", ""]

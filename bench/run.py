@@ -28,6 +28,12 @@ ALL_CONTENDERS = [*(f"kvroute:{p}" for p in contenders_mod.KVROUTE_POLICIES),
                   *(f"{kind}:{p}" for kind, policies in contenders_mod.PEER_POLICIES.items() for p in policies),
                   "direct"]
 
+# The rivals a suite runs unless --contenders says otherwise: kvroute's cost policy and its two
+# baselines, each peer gateway's cache-aware policy and its best load-only one (issue 14), and the
+# single-backend floor. The other peer policies stay available by name.
+RIVALS = ["kvroute:cost", "kvroute:round_robin", "kvroute:prefix_hash", "sglang:cache_aware", "smg:cache_aware",
+          "smg:least_load", "vllm-router:cache_aware", "vllm-router:power_of_two", "direct"]
+
 
 @dataclass
 class Sweep:
@@ -64,11 +70,13 @@ class Sweep:
         """The name the report files the sweep under: `params["name"]` when two sweeps share a workload."""
         return str(self.params.get("name", self.workload))
 
+    def fleet_engine(self, suite: "Suite") -> dict[str, int | float]:
+        return {**suite.engine, **self.engine}
+
     def fleet_shape(self, suite: "Suite") -> tuple[Any, ...]:
         """What the fleet is started with; a sweep whose shape differs from the running fleet's restarts it."""
-        engine = {**suite.engine, **self.engine}
         return (self.time_scale or suite.time_scale, tuple(self.faults), self.fault_seconds,
-                self.profile or suite.profile, tuple(sorted(engine.items())))
+                self.profile or suite.profile, tuple(sorted(self.fleet_engine(suite).items())))
 
     def requests_at(self, x: float) -> int:
         return max(self.min_requests, min(self.max_requests, int(self.per_client * x)))
@@ -93,12 +101,6 @@ class Suite:
     fleet_urls: list[str] = field(default_factory=list)  # fleet "remote": already running (bench/remote_fleet.py)
 
 
-CONCURRENCY = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
-# The rivals a suite runs unless --contenders says otherwise: kvroute's cost policy and its two
-# baselines, each peer gateway's cache-aware policy and its best load-only one (issue 14), and the
-# single-backend floor. The other peer policies stay available by name.
-RIVALS = ["kvroute:cost", "kvroute:round_robin", "kvroute:prefix_hash", "sglang:cache_aware", "smg:cache_aware",
-          "smg:least_load", "vllm-router:cache_aware", "vllm-router:power_of_two", "direct"]
 # Requests 1,993-3,992 of the shared trace: the window the cost model was tuned on (issue 14). Results
 # that matter are reported on windows outside it as well (`--trace-window`).
 TUNING_WINDOW = (1993, 2000)
@@ -269,7 +271,8 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
     requests_path = out / "raw" / "requests.jsonl"
     try:  # a fleet that half started must not outlive the run either
         await fleet.start()
-        fleet_shape: tuple[Any, ...] = (suite.time_scale, (), 0.0, suite.profile, tuple(sorted(suite.engine.items())))
+        # The suite's own fleet: the shape of a sweep that asks for nothing of its own.
+        fleet_shape = Sweep("", "closed", []).fleet_shape(suite)
         meta = {
             "suite": suite.name,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -296,7 +299,7 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                 if shape != fleet_shape:
                     await fleet.stop()
                     fleet = make_fleet(suite, scale, logs, sweep.faults, sweep.fault_seconds, sweep.profile,
-                                       {**suite.engine, **sweep.engine})
+                                       sweep.fleet_engine(suite))
                     await fleet.start()
                     fleet_shape = shape
                 for repeat in range(sweep.repeats or suite.repeats):
