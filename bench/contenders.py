@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import peer_env, procs
+from bench import peer_env, procs, replay
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Contender:
     # the fleet picks their paths and ports), and the number of routing processes (`--workers`).
     exact: bool = False
     workers: int = 1
+    # replay:<contender> only: whose placements it replays (bench/replay.py).
+    replays: str = ""
 
     def describe(self) -> dict[str, Any]:
         """The record kept with the results: what ran (package and version; none for `direct`),
@@ -39,7 +41,8 @@ class Contender:
 
             package, version = "kvroute", metadata.version("kvroute")
         return {"name": self.name, "kind": self.kind, "package": package, "version": version,
-                "policy": self.policy, "flags": list(self.flags), "exact": self.exact, "workers": self.workers}
+                "policy": self.policy, "flags": list(self.flags), "exact": self.exact, "workers": self.workers,
+                "replays": self.replays or None}
 
 
 KVROUTE_POLICIES = ("round_robin", "least_load", "prefix_hash", "cost")
@@ -125,10 +128,16 @@ def by_name(name: str) -> Contender:
         return DIRECT
     if kind == "kvroute" and policy:
         return parse_kvroute(policy)
+    source = replay.source_of(name)
+    if source is not None:
+        if replay.source_of(source) is not None:
+            raise ValueError(f"contender {name!r}: a replay replays a contender's placements, not another replay's")
+        by_name(source)  # refuses an unknown one with its own message
+        return Contender(name, "kvroute", "pinned", KVROUTE_FLAGS, replays=source)
     if kind in peer_env.PEERS and policy:
         return peer(kind, policy)
     raise ValueError(f"unknown contender {name!r} (kvroute:<policy>[+exact][:w<N>], {', '.join(f'{k}:<policy>' for k in peer_env.PEERS)}, "
-                     "direct)")
+                     "direct, replay:<contender>)")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import contenders as contenders_mod
+from bench import replay
 from bench import report, sim_tokenizer, workloads
 from bench.harness import FleetProc, Point, run_point
 
@@ -142,8 +143,9 @@ SUITES: dict[str, Suite] = {
         instances=2,
         fleet="vllm",
     ),
-    # Issue 14's scenarios (pass rules not yet checked by the bench): one system prompt with 90% of
-    # the traffic; 200 requests at once on one new 8k-token prefix; a heterogeneous fleet; stale metrics.
+    # Issue 14's scenarios, each with a pass rule in the report (bench/report.py): one system
+    # prompt with 90% of the traffic; 200 requests at once on one new 8k-token prefix; a
+    # heterogeneous fleet; stale metrics.
     "scenarios": Suite(
         "scenarios",
         sweeps=[
@@ -310,12 +312,16 @@ async def run_suite(suite: Suite, out: Path, log: Any = sys.stderr) -> dict[str,
                                                  question_seed=1) if sweep.warm_requests else None)
                         names = [n for n in suite.contenders if n != "direct" or x <= sweep.direct_max]
                         shift = repeat % len(names)
-                        for name in names[shift:] + names[:shift]:
+                        served: dict[str, dict[int, int]] = {}  # this point's placements, by contender
+                        for name in replay.run_order(names[shift:] + names[:shift]):
                             label = f"{sweep.label} {sweep.mode} x={x:g} r{repeat} {name}"
+                            source = replay.source_of(name)
                             point, results = await run_point(
-                                fleet, contenders_mod.by_name(name), work, mode=sweep.mode, x=x, repeat=repeat,
-                                seed=seed, time_scale=scale, log_dir=logs, progress_label=label,
-                                keepalive=suite.keepalive, warmup=warmup)
+                                fleet, contenders_mod.by_name(name),
+                                work if source is None else replay.pinned(work, served.get(source, {}), fleet.urls),
+                                mode=sweep.mode, x=x, repeat=repeat, seed=seed, time_scale=scale, log_dir=logs,
+                                progress_label=label, keepalive=suite.keepalive, warmup=warmup)
+                            served[name] = replay.served_by(results)
                             points.append(point)
                             for r in results:
                                 raw.write(json.dumps({"point": point.key(), **r.to_json()}) + "\n")
@@ -379,6 +385,10 @@ def configure(argv: Sequence[str] | None = None) -> tuple[Suite, Path]:
     suite.sweeps = [dataclasses.replace(s, params=dict(s.params)) for s in suite.sweeps]
     if args.contenders:
         suite.contenders = [contenders_mod.by_name(n.strip()).name for n in args.contenders.split(",")]
+        for name in suite.contenders:
+            source = replay.source_of(name)
+            if source is not None and source not in suite.contenders:
+                parser.error(f"--contenders: {name} replays {source}'s placements; {source} must run too")
     if args.workloads:
         keep = {w.strip() for w in args.workloads.split(",")}
         suite.sweeps = [s for s in suite.sweeps if s.label in keep]

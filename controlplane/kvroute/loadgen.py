@@ -51,6 +51,8 @@ class Result:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     backend: str | None = None
+    # The first stream chunk's id: the engine's request id (the simulator names its instance there).
+    response_id: str | None = None
 
     @property
     def itl_mean_s(self) -> float | None:
@@ -128,6 +130,8 @@ async def send_one(
                             done = True
                             continue
                         chunk = json.loads(payload)
+                        if result.response_id is None:
+                            result.response_id = chunk.get("id")
                         if "error" in chunk and not chunk.get("choices"):
                             raise _StreamError(_error_message(payload))
                         if _has_token(chunk):

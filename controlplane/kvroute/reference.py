@@ -80,6 +80,7 @@ POLICY_WEIGHTS: dict[str, dict[str, tuple[float, float, float]]] = {
     "least_load": {},
     "prefix_hash": {"queue_threshold": (8.0, 0.0, 1e9)},
     "session": {"load_factor": (1.25, 1.0, 100.0)},
+    "pinned": {},
     "cost": COST_WEIGHTS,
     # the weight of each scorer in the sum of normalised scores, in the order it is summed
     "weighted": {
@@ -97,6 +98,7 @@ POLICY_SCORERS: dict[str, tuple[str, ...]] = {
     "least_inflight": ("least_inflight",),
     "power_of_two": ("least_inflight",),
     "session": ("least_inflight",),
+    "pinned": ("least_inflight",),
     "least_load": ("least_load",),
     "prefix_hash": ("least_load",),
     "cost": ("cost",),
@@ -1012,6 +1014,11 @@ class Router:
                 if cands[i].b.in_flight + 1 <= cap:
                     return i, "session:sticky" if rank == 0 else "session:spill"
             return ranked[0][1], "session:sticky"
+        if name == "pinned":
+            named = [i for i, c in enumerate(cands) if c.b.id == session_key]
+            if named:
+                return named[0], "pinned:named"
+            return self._lowest(cands, "least_inflight"), "pinned:fallback"
         if name == "weighted":
             return self._weighted(cands), "weighted"
         # cost: minimum score (TTFT + externality + content placement for a cold prompt); near-ties: most cached prefix, then random

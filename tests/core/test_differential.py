@@ -74,7 +74,7 @@ chat_op = st.tuples(
     st.sampled_from(["m", "m", "m", "other"]),
     st.booleans(),
     st.sampled_from(kvroute.reference.TIERS),
-    st.sampled_from([None, "alice", "bob", "carol"]),
+    st.sampled_from([None, "alice", "bob", "carol", "b1", "b3"]),  # backend ids: what `pinned` reads
     st.lists(st.sampled_from(BACKENDS), max_size=1),
 )
 # Routes dominate (as in production), so programs reach cache hits, queues and shedding.

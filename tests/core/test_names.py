@@ -44,9 +44,10 @@ def test_decisions_carry_listed_names() -> None:
     r.upsert_backend("a", models=["m"])
     r.set_admission("low", max_queue=0)
     assert isinstance(d := r.route(chat("x"), priority="low"), Rejected) and d.reason == "shed"
-    for policy in ("round_robin", "random", "least_inflight", "power_of_two", "least_load", "prefix_hash", "session"):
+    for policy in ("round_robin", "random", "least_inflight", "power_of_two", "least_load", "prefix_hash", "session",
+                   "pinned"):
         r.set_policy(policy)
-        d = r.route(chat(policy), session_key="s")
+        d = r.route(chat(policy), session_key="a" if policy == "pinned" else "s")
         assert isinstance(d, Routed) and d.branch in kvroute.BRANCHES
     counted = set(r.snapshot()["branches"])
     assert counted <= set(kvroute.BRANCHES) | set(kvroute.REASONS) | {"queued"}

@@ -25,6 +25,10 @@ from .tokenizer import TemplateError, Tokenizer
 FAULT_MODES = ("crash", "hang", "error_rate", "slow", "metrics_fail", "metrics_stale", "restart", "kv_drop",
                "kv_overrun", "none")
 
+# Separates a response id from the index of the instance that served it.
+SERVED_BY = "-sim"
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -432,7 +436,9 @@ class SimInstance:
             return error_response(str(e), e.status, e.type, e.param)
         prefix = "chatcmpl-" if chat else "cmpl-"
         rid = request.headers.get("X-Request-Id") or f"{self._id_rng.getrandbits(128):032x}"
-        req = self.engine.add_request(ids, max_tokens, req_id=prefix + rid, stream=stream, ignore_eos=ignore_eos)
+        # The instance's index ends every response id: whichever gateway stood in front, a
+        # benchmark reads from the stream where each request was served (bench: replayed placements).
+        req = self.engine.add_request(ids, max_tokens, req_id=f"{prefix}{rid}{SERVED_BY}{self.index}", stream=stream, ignore_eos=ignore_eos)
         try:
             if stream:
                 return await self._stream(request, req, model, chat, include_usage)

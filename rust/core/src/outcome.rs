@@ -39,6 +39,10 @@ named_enum! {
         SessionSticky => "session:sticky",
         SessionSpill => "session:spill",
         SessionNoKey => "session:no_key",
+        /// `pinned`: the backend the session key names.
+        PinnedNamed => "pinned:named",
+        /// `pinned`: no key, or the backend it names is not a candidate: fewest in flight.
+        PinnedFallback => "pinned:fallback",
         CostCold => "cost:cold",
         CostCacheAffinity => "cost:cache_affinity",
         CostLoadSpread => "cost:load_spread",

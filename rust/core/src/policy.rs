@@ -16,6 +16,7 @@ named_enum! {
         LeastLoad => "least_load",
         PrefixHash => "prefix_hash",
         Session => "session",
+        Pinned => "pinned",
         Cost => "cost",
         Weighted => "weighted",
     }
@@ -56,7 +57,9 @@ impl PolicyKind {
     pub fn scorers(self) -> &'static [Scorer] {
         match self {
             PolicyKind::RoundRobin | PolicyKind::Random => &[],
-            PolicyKind::LeastInflight | PolicyKind::PowerOfTwo | PolicyKind::Session => &[Scorer::LeastInflight],
+            PolicyKind::LeastInflight | PolicyKind::PowerOfTwo | PolicyKind::Session | PolicyKind::Pinned => {
+                &[Scorer::LeastInflight]
+            }
             PolicyKind::LeastLoad | PolicyKind::PrefixHash => &[Scorer::LeastLoad],
             PolicyKind::Cost => &[Scorer::Cost],
             PolicyKind::Weighted => &Scorer::WEIGHTED,

@@ -139,6 +139,22 @@ fn session_is_sticky_with_bounded_load() {
 }
 
 #[test]
+fn pinned_goes_where_the_key_names_and_falls_back_to_fewest_in_flight() {
+    let mut r = router("pinned", 4);
+    let q = || parse(&body("s", "u"), Endpoint::Chat, &HashConfig::default()).unwrap();
+    for _ in 0..3 {
+        let d = routed(r.route(q(), Tier::Normal, Some("b2"), &[]));
+        assert_eq!((d.backend_id.as_str(), d.branch.as_str()), ("b2", "pinned:named"));
+    }
+    // The named backend excluded (a retry), unknown, or no key: the least busy, never b2 (3 in flight).
+    for (key, exclude) in [(Some("b2"), &["b2"][..]), (Some("b9"), &[][..]), (None, &[][..])] {
+        let d = routed(r.route(q(), Tier::Normal, key, exclude));
+        assert_eq!(d.branch.as_str(), "pinned:fallback");
+        assert_ne!(d.backend_id, "b2");
+    }
+}
+
+#[test]
 fn cost_prefers_the_cache_until_queueing_costs_more() {
     let mut r = router("cost", 4);
     let sys = long_system();

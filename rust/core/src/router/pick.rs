@@ -42,6 +42,13 @@ impl Router {
                 None => (self.lowest(cands, Scorer::LeastInflight), Branch::SessionNoKey),
                 Some(k) => self.bounded_rendezvous(xxh3_64(k.as_bytes()), cands),
             },
+            PolicyKind::Pinned => {
+                let named = session_key.and_then(|k| cands.iter().position(|c| self.backend(c.slot).id == k));
+                match named {
+                    Some(i) => (i, Branch::PinnedNamed),
+                    None => (self.lowest(cands, Scorer::LeastInflight), Branch::PinnedFallback),
+                }
+            }
             PolicyKind::Cost => {
                 let i = self.cost_pick(cands);
                 let branch = if best_cached == 0 {
