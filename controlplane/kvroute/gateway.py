@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -64,6 +65,7 @@ class Gateway:
         return take(self.observer, self.fleet, self.reported.worker)
 
     async def start(self) -> None:
+        self.observer.watch_gc()
         await self.control.start()
         self.proxy = await proxy_server.start(self.settings, self.router, self.fleet, self.observer)
         if self.with_admin:
@@ -83,6 +85,7 @@ class Gateway:
             self._reporter.cancel()
             await asyncio.gather(self._reporter, return_exceptions=True)
         await self.control.stop()
+        self.observer.watch_gc(False)
         if self.reported is not None:
             # After the proxy drained: the requests it finished while draining are counted too.
             # The supervisor removes the run's files once every worker has stopped.
@@ -94,6 +97,12 @@ async def serve(settings: Settings, started: asyncio.Event | None = None, *, adm
     """Run until SIGINT/SIGTERM; `started` is set once both ports accept connections."""
     gateway = Gateway(settings, admin=admin)
     await gateway.start()
+    # What is alive now (modules, the admin app, tokenizers, the pools) lives as long as the
+    # process: taken out of the collector's scans, a full collection walks only what requests
+    # left behind. Unfrozen, each one walked the whole heap and stalled the event loop, with every
+    # stream in flight, for 28-49 ms (docs/benchmarks.md, "Collector pauses").
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

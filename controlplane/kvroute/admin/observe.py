@@ -11,6 +11,7 @@ renders and totals the whole router (kvroute.admin.worker_snapshots).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from typing import TYPE_CHECKING, Any, Iterator
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Latency buckets for LLM serving: TTFT spans ~10 ms (cache hit, idle) to tens of seconds (queued).
+# Python's cyclic collector stops the event loop while it runs: under 1 ms is harmless, tens of ms
+# stall every stream in flight.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
@@ -137,8 +141,13 @@ class Observer:
                                ["backend"], registry=r)
         self.poll_errors = Counter("kvroute_poll_errors", "Failed backend polls, by backend and kind "
                                    "(connect, timeout, too_large, http_status, parse, stale)", ["backend", "kind"], registry=r)
+        self.gc_pauses = Histogram("kvroute_gc_pause_seconds", "Runs of Python's cyclic garbage collector, by the "
+                                   "oldest generation collected: the event loop stands still while one runs",
+                                   ["generation"], buckets=GC_PAUSE_BUCKETS, registry=r)
+        self._gc_started = 0.0
         # What adds up over workers; the fleet gauges come from polling, the same in every worker.
-        self.recorded: tuple[Collector, ...] = (self.requests, self.ttft, self.e2e, self.retries, self.poll_errors)
+        self.recorded: tuple[Collector, ...] = (self.requests, self.ttft, self.e2e, self.retries, self.poll_errors,
+                                                self.gc_pauses)
         if fleet is not None:
             r.register(FleetCollector(fleet))
             core = CoreCounters(fleet.router)
@@ -161,6 +170,19 @@ class Observer:
             self._ttft(backend).observe(ttft_s)
         if e2e_s is not None:
             self._e2e(backend).observe(e2e_s)
+
+    def watch_gc(self, on: bool = True) -> None:
+        """Time every collection of this process into `kvroute_gc_pause_seconds` (off: stop)."""
+        if on:
+            gc.callbacks.append(self._gc_phase)
+        elif self._gc_phase in gc.callbacks:
+            gc.callbacks.remove(self._gc_phase)
+
+    def _gc_phase(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
 
     def retry(self, backend: str) -> None:
         self.retries.labels(backend).inc()
