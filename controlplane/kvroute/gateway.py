@@ -100,7 +100,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None, *, adm
     # What is alive now (modules, the admin app, tokenizers, the pools) lives as long as the
     # process: taken out of the collector's scans, a full collection walks only what requests
     # left behind. Unfrozen, each one walked the whole heap and stalled the event loop, with every
-    # stream in flight, for 28-49 ms (docs/benchmarks.md, "Collector pauses").
+    # stream in flight, for 28-49 ms (docs/benchmarks.md, "Replayed placements").
     gc.collect()
     gc.freeze()
     stop = asyncio.Event()
