@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from kvroute.control.fleet import Fleet
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Latency buckets for LLM serving: TTFT spans ~10 ms (cache hit, idle) to tens of seconds (queued).
 # Python's cyclic collector stops the event loop while it runs: under 1 ms is harmless, tens of ms
 # stall every stream in flight.
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+# Latency buckets for LLM serving: TTFT spans ~10 ms (cache hit, idle) to tens of seconds (queued).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
@@ -158,6 +158,7 @@ class Observer:
         self.peers: WorkerSnapshots | None = None
         self._requests = _Children(self.requests)
         self._ttft, self._e2e = _Children(self.ttft), _Children(self.e2e)
+        self._gc_pause = _Children(self.gc_pauses)
         self.started = time.time()
 
     def request_done(self, model: str, backend: str, status: int | str, priority: str,
@@ -182,7 +183,7 @@ class Observer:
         if phase == "start":
             self._gc_started = time.perf_counter()
         else:
-            self.gc_pauses.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
+            self._gc_pause(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
 
     def retry(self, backend: str) -> None:
         self.retries.labels(backend).inc()
