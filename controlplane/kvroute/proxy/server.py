@@ -34,6 +34,11 @@ log = logging.getLogger("kvroute.proxy")
 
 # Requests a client may pipeline ahead of the one being served before its socket stops being read.
 _MAX_PIPELINED = 16
+# Idle upstream connections kept open to each routable backend, checked this often: the first
+# requests of a burst are written in their routing step instead of waiting for a connect
+# (UpstreamPool.keep_warm has the measurement). A burst's later requests connect as they come.
+WARM_CONNECTIONS = 2
+WARM_PERIOD_S = 1.0
 # A request line plus headers larger than this is answered 431: nothing legitimate needs more, and
 # httptools itself sets no bound, so a client could grow a connection's buffers without limit.
 MAX_HEAD_BYTES = 64 * 1024
@@ -281,8 +286,10 @@ class ProxyServer:
         self.pool = UpstreamPool(settings.connect_timeout, ca_file=settings.backend_ca_file,
                                  verify=settings.backend_tls_verify)
         self.dispatcher = Dispatcher(settings, router, fleet, observer, self.pool, lambda: self.draining)
+        self.fleet = fleet
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._warmer: asyncio.Task[None] | None = None
         self.port = 0
 
     async def listen(self, sock: socket.socket | None = None) -> None:
@@ -297,6 +304,7 @@ class ProxyServer:
                 reuse_port=settings.workers > 1 or None, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = self.loop.create_task(self._sweep_idle())
+        self._warmer = self.loop.create_task(every(WARM_PERIOD_S, self._keep_warm, log, "upstream warm-up"))
 
     async def _sweep_idle(self) -> None:
         """Close keep-alive connections idle past `keepalive_timeout`, and answer 408 to requests not
@@ -319,12 +327,21 @@ class ProxyServer:
 
         await every(period, sweep, log, "idle sweep", sleep_first=True)
 
+    def _keep_warm(self) -> None:
+        """Idle upstream connections ready for the next burst (UpstreamPool.keep_warm), to the
+        backends requests may go to; often enough to reopen those a backend's keep-alive timeout
+        (uvicorn: 5 s) closed."""
+        for backend in self.fleet.all():
+            if backend.routable():
+                self.pool.keep_warm(backend.url, WARM_CONNECTIONS)
+
     async def close(self, grace_s: float) -> None:
         """Stop accepting; let in-flight requests finish for up to `grace_s`; then cut the rest off
         with an SSE error event (or a 503 if nothing was sent yet)."""
         self.draining = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._warmer):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
