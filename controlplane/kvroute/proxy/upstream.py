@@ -11,7 +11,6 @@ import asyncio
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import urlsplit
 
 import httptools
