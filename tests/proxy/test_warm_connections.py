@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import AsyncIterator
 
 import httpx
+import pytest
 
 from tests.waiting import eventually
 
@@ -72,48 +74,47 @@ class CountingBackend:
             self.server.close()
 
 
-async def test_requests_go_out_on_connections_opened_before_they_came() -> None:
+@pytest.fixture
+async def warm_backend() -> AsyncIterator[CountingBackend]:
+    """A started CountingBackend; each test waits for its two warm connections itself."""
     backend = await CountingBackend().start()
-    try:
-        async with running_gateway([backend.url]) as gw, httpx.AsyncClient() as client:
-            await eventually(lambda: backend.idle() >= 2, "two idle connections opened before any request")
-            opened = len(backend.connections)
-            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
-            assert response.status_code == 200
-            carried = [posts for posts in backend.connections if "POST /v1/chat/completions" in posts]
-            assert len(carried) == 1 and carried[0] == ["POST /v1/chat/completions"]
-            # It went out on one of the connections already open: nothing new was accepted for it.
-            assert backend.connections.index(carried[0]) < opened
-    finally:
-        await backend.stop()
+    yield backend
+    await backend.stop()
 
 
-async def test_connections_the_backend_closed_while_idle_are_opened_again() -> None:
-    backend = await CountingBackend().start()
-    try:
-        async with running_gateway([backend.url]) as gw, httpx.AsyncClient() as client:
-            await eventually(lambda: backend.idle() >= 2, "two idle connections")
-            before = len(backend.connections)
-            for writer in backend.writers:  # what a backend's keep-alive timeout does
-                writer.close()
-            await eventually(lambda: len(backend.connections) >= before + 2 and backend.idle() >= 2,
-                             "the closed connections replaced", timeout=10.0)
-            response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
-            assert response.status_code == 200  # a closed idle connection is never used for a request
-    finally:
-        await backend.stop()
+async def test_requests_go_out_on_connections_opened_before_they_came(warm_backend: CountingBackend) -> None:
+    backend = warm_backend
+    async with running_gateway([backend.url]) as gw, httpx.AsyncClient() as client:
+        await eventually(lambda: backend.idle() >= 2, "two idle connections opened before any request")
+        opened = len(backend.connections)
+        response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
+        assert response.status_code == 200
+        carried = [posts for posts in backend.connections if "POST /v1/chat/completions" in posts]
+        assert len(carried) == 1 and carried[0] == ["POST /v1/chat/completions"]
+        # It went out on one of the connections already open: nothing new was accepted for it.
+        assert backend.connections.index(carried[0]) < opened
 
 
-async def test_no_connections_are_kept_to_a_backend_that_cannot_take_requests() -> None:
-    backend = await CountingBackend().start()
-    try:
-        async with running_gateway([backend.url]) as gw:
-            await eventually(lambda: backend.idle() >= 2, "two idle connections")
-            gw.fleet.set_drained(gw.fleet.all()[0].id, True)
-            for writer in backend.writers:
-                writer.close()
-            before = len(backend.connections)
-            await asyncio.sleep(2.5)  # more than two warm-up rounds
-            assert len(backend.connections) == before
-    finally:
-        await backend.stop()
+async def test_connections_the_backend_closed_while_idle_are_opened_again(warm_backend: CountingBackend) -> None:
+    backend = warm_backend
+    async with running_gateway([backend.url]) as gw, httpx.AsyncClient() as client:
+        await eventually(lambda: backend.idle() >= 2, "two idle connections")
+        before = len(backend.connections)
+        for writer in backend.writers:  # what a backend's keep-alive timeout does
+            writer.close()
+        await eventually(lambda: len(backend.connections) >= before + 2 and backend.idle() >= 2,
+                         "the closed connections replaced", timeout=10.0)
+        response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
+        assert response.status_code == 200  # a closed idle connection is never used for a request
+
+
+async def test_no_connections_are_kept_to_a_backend_that_cannot_take_requests(warm_backend: CountingBackend) -> None:
+    backend = warm_backend
+    async with running_gateway([backend.url]) as gw:
+        await eventually(lambda: backend.idle() >= 2, "two idle connections")
+        gw.fleet.set_drained(gw.fleet.all()[0].id, True)
+        for writer in backend.writers:
+            writer.close()
+        before = len(backend.connections)
+        await asyncio.sleep(2.5)  # more than two warm-up rounds
+        assert len(backend.connections) == before
