@@ -54,8 +54,9 @@ PEER_POLICIES = {"sglang": ("cache_aware", "round_robin"),
                  "vllm-router": ("cache_aware", "kv_aware", "power_of_two", "round_robin")}
 
 # kvroute's bench settings: the control plane polls backends often enough that its view of load is
-# current at the simulated time scales used here; logs quiet so that logging costs no CPU.
-KVROUTE_FLAGS = ("--log-level", "warning")
+# current at the simulated time scales used here; logs quiet so that logging costs no CPU; debug
+# headers tell the load generator each decision's branch and predicted TTFT (calibration).
+KVROUTE_FLAGS = ("--log-level", "warning", "--debug-headers")
 # The peers' defaults, logs quiet; retries and circuit breakers stay on as they ship.
 PEER_FLAGS = {"sglang": ("--log-level", "warn"), "smg": ("--log-level", "warn"),
               "vllm-router": ("--log-level", "warning")}

@@ -192,6 +192,8 @@ class Point:
     decisions: dict[str, float] = field(default_factory=dict)
     # kvroute: prompt tokens predicted cached at routing and reported cached by the backends.
     view: dict[str, float] = field(default_factory=dict)
+    # kvroute: its predicted TTFT against the measured one (loadgen.calibration).
+    calibration: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
     def key(self) -> str:
@@ -249,6 +251,7 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
         await running.stop()
     point.wall = loadgen.summarize(results, wall_s)
     point.summary = to_fleet_time(point.wall, time_scale)
+    point.calibration = loadgen.calibration(results)
     hits = sum(a["vllm:prefix_cache_hits_total"] - b["vllm:prefix_cache_hits_total"] for a, b in zip(after, before))
     queries = sum(a["vllm:prefix_cache_queries_total"] - b["vllm:prefix_cache_queries_total"]
                   for a, b in zip(after, before))

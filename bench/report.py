@@ -282,7 +282,7 @@ def markdown(data: dict[str, Any], plots: list[str], image_prefix: str = "", lev
                 out.append(f"| {x:g} | " + " | ".join(cells) + " |")
             out.append("")
         mine = [p for p in data["points"] if p["workload"] == workload and p["mode"] == mode and not p.get("error")]
-        out += _conditions(mine) + _decisions(mine, names) + _view(mine, names)
+        out += _conditions(mine) + _decisions(mine, names) + _view(mine, names) + _calibration(mine, names)
         errors = [(x, n, row[n]["errors"].mean) for x, row in sorted(table.items()) for n in names
                   if n in row and row[n]["errors"].ok and row[n]["errors"].mean > 0]
         failed = [(p["x"], p["contender"], p["error"]) for p in data["points"]
@@ -339,6 +339,37 @@ def _view(points: list[dict[str, Any]], names: list[str]) -> list[str]:
     return (["kvroute's cache view (all points of this section): cached prompt tokens predicted at routing "
              "against those the backends reported", "", "| contender | predicted | reported | predicted/reported |",
              "|---|---:|---:|---:|"] + rows + [""])
+
+
+def _calibration(points: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """How right kvroute's TTFT model was: measured over predicted TTFT per request (1 = exact, above 1
+    = the model was optimistic), its median (p10–p90) per point and per decision branch; over
+    repeats, the medians' mean and the widest p10–p90."""
+    rows = []
+    for name in names:
+        by_x: dict[float, list[dict[str, Any]]] = defaultdict(list)
+        for p in points:
+            if p["contender"] == name and p.get("calibration"):
+                by_x[p["x"]].append(p["calibration"])
+        for x, cals in sorted(by_x.items()):
+            branches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for cal in cals:
+                for branch, stats in cal["by_branch"].items():
+                    branches[branch].append(stats)
+            shown = sorted(branches.items(), key=lambda kv: -sum(s["requests"] for s in kv[1]))
+            rows.append(f"| {name} | {x:g} | {sum(c['requests'] for c in cals)} | {_ratio_text(cals)} | "
+                        + "; ".join(f"{b} ({sum(s['requests'] for s in st)}) {_ratio_text(st)}" for b, st in shown)
+                        + " |")
+    if not rows:
+        return []
+    return (["kvroute's TTFT model (all points of this section): measured ÷ predicted TTFT per request, median "
+             "(p10–p90), wall clock", "", "| contender | point | requests | measured/predicted | by branch |",
+             "|---|---:|---:|---:|---|"] + rows + [""])
+
+
+def _ratio_text(stats: list[dict[str, Any]]) -> str:
+    return (f"{sum(s['ratio_p50'] for s in stats) / len(stats):.2f} "
+            f"({min(s['ratio_p10'] for s in stats):.2f}–{max(s['ratio_p90'] for s in stats):.2f})")
 
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:

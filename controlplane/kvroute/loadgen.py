@@ -23,6 +23,9 @@ from kvroute.sse_lines import EventSplitter, data_payloads
 Endpoint = Literal["chat", "completions"]
 _PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 BACKEND_HEADER = "x-kvroute-backend"
+# Sent by kvroute with debug_headers: the decision's branch and the TTFT it predicted there.
+BRANCH_HEADER = "x-kvroute-branch"
+PREDICTED_TTFT_HEADER = "x-kvroute-predicted-ttft-ms"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Result:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     backend: str | None = None
+    branch: str | None = None
+    predicted_ttft_s: float | None = None
     # The first stream chunk's id: the engine's request id (the simulator names its instance there).
     response_id: str | None = None
 
@@ -115,6 +120,9 @@ async def send_one(
         async with session.post(url, json=body, headers=dict(spec.headers)) as resp:
             result.status = resp.status
             result.backend = resp.headers.get(BACKEND_HEADER)
+            result.branch = resp.headers.get(BRANCH_HEADER)
+            predicted = resp.headers.get(PREDICTED_TTFT_HEADER)
+            result.predicted_ttft_s = float(predicted) / 1000.0 if predicted else None
             if resp.status != 200:
                 result.error = f"HTTP {resp.status}: {_error_message(await resp.read())}"
                 result.e2e_s = time.perf_counter() - due
@@ -327,6 +335,26 @@ def summarize(results: Sequence[Result], wall_s: float | None = None) -> dict[st
         "cache_hit_rate": cached / prompt if prompt else None,
         "backends": backends,
     }
+
+
+def calibration(results: Sequence[Result]) -> dict[str, Any]:
+    """How the router's predicted TTFT compares with the measured one, over the requests that
+    carried a prediction: the ratio measured / predicted (1 = exact, above 1 = the model was
+    optimistic), overall and by decision branch. Empty when no response carried one."""
+    rows = [(r.branch or "", r.ttft_s / r.predicted_ttft_s) for r in results
+            if r.ok and r.ttft_s is not None and r.predicted_ttft_s]
+    if not rows:
+        return {}
+
+    def spread(ratios: list[float]) -> dict[str, Any]:
+        return {"requests": len(ratios), "ratio_p10": percentile(ratios, 10), "ratio_p50": percentile(ratios, 50),
+                "ratio_p90": percentile(ratios, 90)}
+
+    by_branch: dict[str, list[float]] = {}
+    for branch, ratio in rows:
+        by_branch.setdefault(branch, []).append(ratio)
+    return {**spread([ratio for _, ratio in rows]),
+            "by_branch": {branch: spread(ratios) for branch, ratios in sorted(by_branch.items())}}
 
 
 class ProgressBar:

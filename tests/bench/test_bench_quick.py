@@ -37,12 +37,19 @@ def test_quick_suite_writes_report(tmp_path: Path) -> None:
         assert p["backend"]["prefix_cache_queries"] > 0
         # Every request was answered by one of the fleet's backends, as the counters show.
         assert sum(p["backend"]["requests"]) == 4
+        # Every request carried kvroute's predicted TTFT, set against the measured one.
+        cal = p["calibration"]
+        assert cal["requests"] == 4 and 0 < cal["ratio_p10"] <= cal["ratio_p50"] <= cal["ratio_p90"], cal
+        assert sum(b["requests"] for b in cal["by_branch"].values()) == 4
+        if p["contender"] == "kvroute:round_robin":
+            assert set(cal["by_branch"]) == {"round_robin"}
     lines = (out / "raw" / "requests.jsonl").read_text().splitlines()
     assert len(lines) == 16 and all(json.loads(line)["ok"] for line in lines)
 
     report = (out / "report.md").read_text()
     assert "## blog (closed loop)" in report and "## trace (open loop)" in report
     assert "kvroute:cost" in report and "machine:" in report
+    assert "measured ÷ predicted TTFT" in report
     for png in ("blog_closed.png", "trace_open.png", "cache_hit_rate.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in report

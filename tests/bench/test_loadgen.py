@@ -10,6 +10,7 @@ from aiohttp import web
 
 from kvroute.loadgen import (
     RequestSpec,
+    calibration,
     Result,
     percentile,
     poisson_arrivals,
@@ -31,7 +32,9 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         )
     request.app[BODIES].append(body)
     tokens = int(body.get("max_tokens", 3))
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-kvroute-backend": "b1"})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-kvroute-backend": "b1",
+                                              "x-kvroute-branch": "cost:cache_affinity",
+                                              "x-kvroute-predicted-ttft-ms": "2.5"})
     await resp.prepare(request)
 
     async def send(obj: object) -> None:
@@ -92,7 +95,7 @@ async def test_closed_loop_reads_tokens_usage_and_backend(server: tuple[str, web
     for r in results:
         assert r.ok and r.status == 200 and r.error is None
         assert r.completion_tokens == 3 and r.prompt_tokens == 40 and r.cached_tokens == 32
-        assert r.backend == "b1"
+        assert r.backend == "b1" and r.branch == "cost:cache_affinity" and r.predicted_ttft_s == 0.0025
         assert r.ttft_s is not None and len(r.itl_s) == 2
         assert r.e2e_s is not None and r.e2e_s >= r.ttft_s
     # Usage is always asked for, whatever the workload's body said.
@@ -146,3 +149,20 @@ def test_percentile_and_arrivals() -> None:
     a = poisson_arrivals(100, 10.0, seed=1)
     assert a == poisson_arrivals(100, 10.0, seed=1)
     assert a == sorted(a) and 5.0 < a[-1] < 20.0
+
+
+def test_calibration_sets_measured_against_predicted_ttft() -> None:
+    def done(ttft: float, predicted: float | None, branch: str = "cost:cache_affinity", ok: bool = True) -> Result:
+        return Result(index=0, ok=ok, ttft_s=ttft, predicted_ttft_s=predicted, branch=branch)
+
+    results = [done(0.1, 0.1), done(0.3, 0.1), done(0.2, 0.1, "cost:load_spread"),
+               done(0.5, None), done(9.0, 0.1, ok=False)]
+    cal = calibration(results)
+    # Only answered requests with a prediction count: measured / predicted = 1, 3 and 2.
+    assert cal["requests"] == 3 and cal["ratio_p50"] == pytest.approx(2.0)
+    assert cal["ratio_p10"] == pytest.approx(1.2) and cal["ratio_p90"] == pytest.approx(2.8)
+    assert cal["by_branch"]["cost:load_spread"] == {"requests": 1, "ratio_p10": pytest.approx(2.0),
+                                                    "ratio_p50": pytest.approx(2.0), "ratio_p90": pytest.approx(2.0)}
+    assert cal["by_branch"]["cost:cache_affinity"]["ratio_p50"] == pytest.approx(2.0)
+    # A gateway that sends no prediction (every peer) has none.
+    assert calibration([done(0.1, None)]) == {}

@@ -137,6 +137,8 @@ async def test_debug_headers_name_backend_and_branch(scripted) -> None:
         response = await client.post(base(gw) + "/v1/chat/completions", content=chat_body(), headers=JSON)
         assert response.headers["x-kvroute-backend"] == gw.fleet.all()[0].id
         assert response.headers["x-kvroute-branch"]
+        # The cost model's prediction: positive, in milliseconds (its priors put it near 100 ms).
+        assert 1.0 < float(response.headers["x-kvroute-predicted-ttft-ms"]) < 10_000.0
         assert gw.observer.totals()["requests_total"] == 1  # the admin API's metrics saw it
 
 

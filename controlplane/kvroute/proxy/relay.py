@@ -515,6 +515,8 @@ class Dispatcher:
             # The prediction the decision was made on, to set against the backend's usage.cached_tokens.
             lines.append(b"x-kvroute-cached-tokens: " + str(routed.cached_tokens).encode() + b"\r\n")
             lines.append(b"x-kvroute-key-space: " + routed.key_space.encode() + b"\r\n")
+            # The cost model's TTFT for this backend, to set against the measured one (calibration).
+            lines.append(b"x-kvroute-predicted-ttft-ms: " + b"%.1f" % (routed.predicted_ttft_s * 1000.0) + b"\r\n")
         return lines
 
     def _relayed(self, up: UpstreamConnection, routed: Routed, rid: bytes, req: Request, body: bytes) -> bytes:
