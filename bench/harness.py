@@ -143,6 +143,15 @@ async def router_metrics(admin_url: str) -> tuple[dict[str, float], dict[str, fl
     return parse_by_label(text, "kvroute_decisions_total", "branch"), view
 
 
+async def router_learned(admin_url: str) -> dict[str, dict[str, float]]:
+    """kvroute's learned estimates per backend id (prefill rate, overhead, means), from its admin API:
+    set against the fleet's profile, they show how far the cost model's inputs are from the truth."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
+        async with session.get(admin_url + "/admin/backends") as resp:
+            states = await resp.json()
+    return {s["id"]: s["core"]["learned"] for s in states["backends"] if "core" in s}
+
+
 async def scrape(urls: Sequence[str]) -> list[dict[str, float]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
         async def one(url: str) -> dict[str, float]:
@@ -192,6 +201,8 @@ class Point:
     decisions: dict[str, float] = field(default_factory=dict)
     # kvroute: prompt tokens predicted cached at routing and reported cached by the backends.
     view: dict[str, float] = field(default_factory=dict)
+    # kvroute: what its core learned of each backend by the end of the load (rates, means).
+    learned: dict[str, dict[str, float]] = field(default_factory=dict)
     # kvroute: its predicted TTFT against the measured one (loadgen.calibration).
     calibration: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -245,6 +256,7 @@ async def run_point(fleet: FleetProc, contender: contenders_mod.Contender, workl
                 await asyncio.sleep(WORKER_SNAPSHOT_WAIT_S)
             try:
                 point.decisions, point.view = await router_metrics(running.admin_url)
+                point.learned = await router_learned(running.admin_url)
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 point.decisions = {"error": str(exc)}  # type: ignore[dict-item]
     finally:

@@ -43,6 +43,8 @@ def test_quick_suite_writes_report(tmp_path: Path) -> None:
         assert sum(b["requests"] for b in cal["by_branch"].values()) == 4
         if p["contender"] == "kvroute:round_robin":
             assert set(cal["by_branch"]) == {"round_robin"}
+        # The core's learned estimates of every backend, read from the admin API after the load.
+        assert len(p["learned"]) == 4 and all(v["prefill_tokens_per_s"] > 0 for v in p["learned"].values())
     lines = (out / "raw" / "requests.jsonl").read_text().splitlines()
     assert len(lines) == 16 and all(json.loads(line)["ok"] for line in lines)
 
