@@ -1048,16 +1048,9 @@ class Router:
         b.pending -= 1
         b.pending_tokens -= tokens
         alpha = self.w["ewma_alpha"]
-        work = t.work_ahead + tokens
         b.ttft_ewma = ewma(b.ttft_ewma, ttft_s, alpha)
-        if work < RATE_SAMPLE_MIN_TOKENS:
-            if t.work_ahead == 0:
-                b.overhead_s = ewma(b.overhead_s, ttft_s, alpha)
-            return
-        prefill_s = max(ttft_s - b.overhead_s, ttft_s * 0.1)
-        if prefill_s > 0.0:
-            sample = min(max(float(work) / prefill_s, PRIOR_PREFILL_RATE / 100.0), PRIOR_PREFILL_RATE * 100.0)
-            b.prefill_rate = ewma(b.prefill_rate, sample, alpha)
+        if t.work_ahead == 0 and tokens < RATE_SAMPLE_MIN_TOKENS:
+            b.overhead_s = ewma(b.overhead_s, ttft_s, alpha)
 
     def release(
         self,
@@ -1084,9 +1077,16 @@ class Router:
                     if t.ttft_s is not None and completion_tokens > 1 and latency_s > t.ttft_s:
                         sample = float(completion_tokens - 1) / (latency_s - t.ttft_s)
                         b.decode_rate = ewma(b.decode_rate, sample, alpha)
+                uncached = prompt_tokens - min(cached_tokens, prompt_tokens)
                 if prompt_tokens > 0:
-                    uncached = prompt_tokens - min(cached_tokens, prompt_tokens)
                     b.mean_uncached = ewma(b.mean_uncached, float(uncached), alpha)
+                # only an unqueued request measures the prefill rate, by the engine's own count
+                if t.ttft_s is not None and t.work_ahead == 0 and uncached >= RATE_SAMPLE_MIN_TOKENS:
+                    prefill_s = max(t.ttft_s - b.overhead_s, t.ttft_s * 0.1)
+                    if prefill_s > 0.0:
+                        sample = min(max(float(uncached) / prefill_s, PRIOR_PREFILL_RATE / 100.0),
+                                     PRIOR_PREFILL_RATE * 100.0)
+                        b.prefill_rate = ewma(b.prefill_rate, sample, alpha)
                 if t.claim_epoch is None and b.events is None:  # the engine just used them: most recent
                     b.insert(t.blocks)
             if t.claim_epoch is not None:

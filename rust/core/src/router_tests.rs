@@ -260,6 +260,29 @@ fn first_token_and_release_teach_rates() {
 }
 
 #[test]
+fn only_unqueued_requests_teach_the_prefill_rate() {
+    let mut r = router("cost", 1);
+    r.set_policy("cost", &[("ewma_alpha".into(), 1.0)]).unwrap();
+    let rate = |r: &Router| {
+        let snap = r.snapshot();
+        let Some(Snap::List(bs)) = snap.get("backends") else { panic!() };
+        let Some(Snap::Float(rate)) = bs[0].get("learned").unwrap().get("prefill_tokens_per_s") else { panic!() };
+        *rate
+    };
+    let first = route(&mut r, &long_system(), "q");
+    // Routed while the first is still prefilling: its TTFT holds work the router counted whole.
+    let second = route(&mut r, &format!("{} other", long_system()), "q2");
+    r.first_token(first.ticket, 0.02 + first.prompt_tokens as f64 / 1000.0).unwrap();
+    r.first_token(second.ticket, 0.05).unwrap();
+    // A rate is learned at release, from the engine's count of what it computed.
+    assert_eq!(rate(&r), crate::backend::PRIOR_PREFILL_RATE);
+    r.release(second.ticket, true, second.prompt_tokens, 0, 10, 1.0).unwrap();
+    assert_eq!(rate(&r), crate::backend::PRIOR_PREFILL_RATE, "a queued request taught the rate");
+    r.release(first.ticket, true, first.prompt_tokens, 0, 10, 1.0).unwrap();
+    assert!((rate(&r) - 1000.0).abs() < 1.0, "{}", rate(&r));
+}
+
+#[test]
 fn exclude_skips_backends() {
     let mut r = router("round_robin", 2);
     for _ in 0..4 {
