@@ -10,8 +10,8 @@ from aiohttp import web
 
 from kvroute.loadgen import (
     RequestSpec,
-    calibration,
     Result,
+    calibration,
     percentile,
     poisson_arrivals,
     run_closed_loop,

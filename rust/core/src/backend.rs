@@ -80,14 +80,14 @@ impl Learned {
         }
     }
 
-    /// A request that had no prefill queued ahead of it finished: it computed `computed` prompt
-    /// tokens (the engine's count, prompt less its reported cached tokens) in `ttft_s`. Only such
-    /// requests measure the rate. A queued one's TTFT also holds the work ahead, known only as the
+    /// A request that had no prefill queued ahead of it computed `computed` prompt tokens (the
+    /// engine's count, prompt less its reported cached tokens) in `ttft_s`. Only such requests
+    /// measure the rate. A queued one's TTFT also holds the work ahead, known only as the
     /// router counted it at routing: whole, though the engine had already done part of it, and
     /// without the prefix other requests computed meanwhile. Both make the work look larger than
     /// it was; such samples put the rate up to twice the engine's (measured on the trace at 24×:
     /// 34–64k tokens/s learned for a 31.6k fleet).
-    pub fn observe_prefill(&mut self, ttft_s: f64, computed: u64, alpha: f64) {
+    fn observe_prefill(&mut self, ttft_s: f64, computed: u64, alpha: f64) {
         if computed < RATE_SAMPLE_MIN_TOKENS {
             return;
         }
@@ -104,6 +104,8 @@ impl Learned {
         self.overhead_s + self.mean_uncached / self.prefill_rate
     }
 
+    /// A request finished; `unqueued`: nothing of ours was queued ahead of it when it was routed.
+    #[allow(clippy::too_many_arguments)]
     pub fn observe_release(
         &mut self,
         prompt_tokens: u64,
@@ -111,6 +113,7 @@ impl Learned {
         completion_tokens: u64,
         latency_s: f64,
         ttft_s: Option<f64>,
+        unqueued: bool,
         alpha: f64,
     ) {
         if latency_s.is_finite() && latency_s > 0.0 {
@@ -123,9 +126,12 @@ impl Learned {
                 }
             }
         }
+        let uncached = prompt_tokens - cached_tokens.min(prompt_tokens);
         if prompt_tokens > 0 {
-            let uncached = prompt_tokens - cached_tokens.min(prompt_tokens);
             self.mean_uncached = ewma(self.mean_uncached, uncached as f64, alpha);
+        }
+        if let (Some(t), true) = (ttft_s, unqueued) {
+            self.observe_prefill(t, uncached, alpha);
         }
     }
 }

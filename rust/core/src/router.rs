@@ -355,10 +355,16 @@ impl Router {
                 b.completed += 1;
                 b.reported_prompt_tokens += prompt_tokens;
                 b.reported_cached_tokens += cached_tokens;
-                b.learned.observe_release(prompt_tokens, cached_tokens, completion_tokens, latency_s, t.ttft_s, alpha);
-                if let (Some(ttft_s), 0) = (t.ttft_s, t.work_ahead) {
-                    b.learned.observe_prefill(ttft_s, prompt_tokens - cached_tokens.min(prompt_tokens), alpha);
-                }
+                let unqueued = t.work_ahead == 0;
+                b.learned.observe_release(
+                    prompt_tokens,
+                    cached_tokens,
+                    completion_tokens,
+                    latency_s,
+                    t.ttft_s,
+                    unqueued,
+                    alpha,
+                );
                 refresh = true;
             } else {
                 b.failed += 1;

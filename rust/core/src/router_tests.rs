@@ -250,25 +250,25 @@ fn first_token_and_release_teach_rates() {
     let t = route(&mut r, &sys, "q");
     r.first_token(t.ticket, 0.02 + t.prompt_tokens as f64 / 1000.0).unwrap();
     r.release(t.ticket, true, t.prompt_tokens, 0, 101, 5.0).unwrap();
+    let rate = learned(&r, "prefill_tokens_per_s");
+    assert!((rate - 1000.0).abs() < 1.0, "{rate}");
+    let dec = learned(&r, "decode_tokens_per_s");
+    assert!(dec > 10.0 && dec < 100.0);
+}
+
+/// The first backend's learned value `key`, as the snapshot reports it.
+fn learned(r: &Router, key: &str) -> f64 {
     let snap = r.snapshot();
     let Some(Snap::List(bs)) = snap.get("backends") else { panic!() };
-    let learned = bs[0].get("learned").unwrap();
-    let Some(Snap::Float(rate)) = learned.get("prefill_tokens_per_s") else { panic!() };
-    assert!((rate - 1000.0).abs() < 1.0, "{rate}");
-    let Some(Snap::Float(dec)) = learned.get("decode_tokens_per_s") else { panic!() };
-    assert!(*dec > 10.0 && *dec < 100.0);
+    let Some(Snap::Float(v)) = bs[0].get("learned").unwrap().get(key) else { panic!() };
+    *v
 }
 
 #[test]
 fn only_unqueued_requests_teach_the_prefill_rate() {
     let mut r = router("cost", 1);
     r.set_policy("cost", &[("ewma_alpha".into(), 1.0)]).unwrap();
-    let rate = |r: &Router| {
-        let snap = r.snapshot();
-        let Some(Snap::List(bs)) = snap.get("backends") else { panic!() };
-        let Some(Snap::Float(rate)) = bs[0].get("learned").unwrap().get("prefill_tokens_per_s") else { panic!() };
-        *rate
-    };
+    let rate = |r: &Router| learned(r, "prefill_tokens_per_s");
     let first = route(&mut r, &long_system(), "q");
     // Routed while the first is still prefilling: its TTFT holds work the router counted whole.
     let second = route(&mut r, &format!("{} other", long_system()), "q2");
